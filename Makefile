@@ -1,0 +1,42 @@
+# aand_lightning — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOCOL ?= quick
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-slow lint benchmark bench-aupro bench-synthesis clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,export]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create the virtualenv (if missing) and install the project with dev extras
+
+demo: install ## Both stages + test on the generated demo data, pretrained teacher, offline; prints the table
+	$(PY) -m aand_lightning.train -m experiment=demo
+
+test: install ## Run the default test suite (slow tests excluded)
+	$(PY) -m pytest -m "not slow"
+
+test-slow: install ## Run only the slow tests
+	$(PY) -m pytest -m slow
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench-aupro: install ## AUPRO speed: 100 maps of 256x256, ~300 regions, one core
+	$(PY) benchmarks/aupro_speed.py
+
+bench-synthesis: install ## Stage-1 synthesis throughput at 256 px
+	$(PY) benchmarks/synthesis_speed.py
+
+clean: ## Remove run outputs (keeps the virtualenv and the generated data)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

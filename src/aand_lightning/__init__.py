@@ -1,0 +1,3 @@
+"""aand_lightning: AAND (Residual Anomaly Amplification + Hard Knowledge Distillation) on Lightning + Hydra."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Lightning callbacks: teacher handoff between stages, heatmap pictures."""

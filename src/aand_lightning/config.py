@@ -1,0 +1,16 @@
+"""Where the Hydra configs live: inside the installed package, or at the top of a source checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def config_dir() -> Path:
+    """The `conf/` folder: packaged copy first (wheel install), then the checkout's (editable install)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"No Hydra configs found next to {package}; reinstall aand-lightning (pip install .) or run from a checkout."
+    )

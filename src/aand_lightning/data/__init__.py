@@ -1,0 +1,1 @@
+"""Data layer: dataset readers list samples; one datamodule turns them into batches."""

@@ -1,0 +1,127 @@
+"""One LightningDataModule for every dataset: readers differ only in how they list files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from aand_lightning.data.datasets import AnomalyDataset, Mode
+from aand_lightning.data.io import check_samples
+from aand_lightning.data.records import DatasetError, Sample, SampleSource, Splits
+from aand_lightning.data.synthesis.foreground import ForegroundCache, select_rule
+from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
+from aand_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out a seeded random `fraction` of the normal training images for validation."""
+    if fraction <= 0 or len(train) < 2:
+        return train, []
+    count = min(len(train) - 1, max(1, round(fraction * len(train))))
+    held = set(np.random.default_rng(seed).permutation(len(train))[:count].tolist())
+    return [s for i, s in enumerate(train) if i not in held], [s for i, s in enumerate(train) if i in held]
+
+
+class AnomalyDataModule(L.LightningDataModule):
+    """Normal train images (with synthetic anomalies for stage 1), normal validation images, the test set.
+
+    Validation is a held-out fraction of train/good, never the test set, unless `validate_on_test`
+    is set to reproduce the authors' protocol (which selects on the test set; label your results).
+    Which train data a stage gets is declared by its LightningModule (`synthetic_train`).
+    """
+
+    def __init__(
+        self,
+        source: SampleSource,
+        image_size: int | Sequence[int] = 256,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        val_fraction: float = 0.1,
+        validate_on_test: bool = False,
+        synthesizer: AnomalySynthesizer | None = None,
+        foreground_rules: Mapping | None = None,
+        cache_dir: str | Path | None = None,
+        on_corrupt: str = "error",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.validate_on_test = validate_on_test
+        self.synthesizer = synthesizer
+        self.foreground_rule = select_rule(foreground_rules or {}, source.category)
+        self.foreground_cache = ForegroundCache(cache_dir)
+        self.on_corrupt = on_corrupt
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.seed = seed
+        self.splits: Splits | None = None
+        self.val_samples: list[Sample] = []
+
+    @property
+    def category(self) -> str:
+        return self.source.category
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        listed = self.source.splits()
+        train = check_samples(listed.train, self.on_corrupt)
+        if not train:
+            raise DatasetError(
+                f"No readable training image for category {self.category!r}; check the train folder of "
+                "dataset.root (or set datamodule.on_corrupt=skip only if some files are damaged)."
+            )
+        train, self.val_samples = split_validation(train, self.val_fraction, self.seed)
+        self.splits = Splits(train=train, test=check_samples(listed.test, self.on_corrupt))
+
+    def dataset(self, samples: Sequence[Sample], mode: Mode, fixed_seed: int | None = None) -> AnomalyDataset:
+        return AnomalyDataset(
+            samples, self.image_size, self.mean, self.std, mode,
+            self.synthesizer, self.foreground_rule, self.foreground_cache, fixed_seed,
+        )  # fmt: skip
+
+    def _wants_synthetic(self) -> bool:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return bool(getattr(module, "synthetic_train", False))
+
+    def _loader(self, dataset: AnomalyDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.splits is not None
+        mode: Mode = "synthetic" if self._wants_synthetic() else "normal"
+        return self._loader(self.dataset(self.splits.train, mode), self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        assert self.splits is not None
+        if self.validate_on_test:
+            return self.test_dataloader()
+        if not self.val_samples:
+            return []
+        mode: Mode = "synthetic" if self._wants_synthetic() else "normal"
+        return self._loader(self.dataset(self.val_samples, mode, fixed_seed=self.seed), self.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        assert self.splits is not None
+        if not self.splits.test:
+            raise DatasetError(f"Category {self.category!r} has no test image; check the test folder of dataset.root.")
+        return self._loader(self.dataset(self.splits.test, "test"), self.eval_batch_size, False)

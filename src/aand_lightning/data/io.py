@@ -1,0 +1,224 @@
+"""Reading images and masks from disk, and finding them, with errors that say how to fix the data.
+
+Every reader of a dataset layout uses these helpers, so that bad input (a corrupt file, a missing
+mask, a wrong root) fails in the main process with one actionable sentence instead of deep inside a
+dataloader worker.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from aand_lightning.data.records import DatasetError, Sample
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+GOOD = "good"
+ON_CORRUPT = ("error", "skip")
+
+# What Pillow raises for truncated, malformed or hostile files (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+_WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+_T = TypeVar("_T")
+
+
+class CorruptImageError(DatasetError):
+    """An image or mask file that cannot be decoded; carries the path so callers can skip it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"Cannot read image {path} ({reason}); replace or remove the file, "
+            "or set datamodule.on_corrupt=skip to leave it out."
+        )
+
+
+def _decoded(path: Path, convert: Callable[[Image.Image], _T]) -> _T:
+    """Fully decode `path` (a lazy open would miss truncated data) and convert the pixels."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return convert(img)
+    except _DECODE_ERRORS as err:
+        raise CorruptImageError(Path(path), str(err) or type(err).__name__) from err
+
+
+def _wide_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """16-bit to 8-bit by scaling (65535 -> 255); clipping would saturate every bright pixel."""
+    return ((np.clip(pixels.astype(np.int64), 0, 65535) + 128) // 257).astype(np.uint8)
+
+
+def _rgb_array(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode to uint8 RGB; transparent pixels are composited on black."""
+    if img.mode in _WIDE_GRAY_MODES:
+        return np.repeat(_wide_to_uint8(np.asarray(img))[..., None], 3, axis=-1)
+    if "A" in img.getbands() or "transparency" in img.info:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
+        return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)
+    return np.asarray(img.convert("RGB"))
+
+
+def _mask_array(img: Image.Image) -> np.ndarray:
+    """Non-zero in any non-alpha band; palette masks keep their indices (VisA stores label ids)."""
+    pixels = np.asarray(img)
+    if pixels.ndim == 2:
+        return pixels > 0
+    colour = [i for i, band in enumerate(img.getbands()) if band != "A"]
+    return (pixels[..., colour] > 0).any(axis=-1)
+
+
+def _discard(img: Image.Image) -> None:
+    """Checking a file only needs the decode itself."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image as uint8 HxWx3 RGB, whatever its mode (grayscale, RGBA, palette, 16-bit)."""
+    return _decoded(path, _rgb_array)
+
+
+def read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask as bool HxW (> 0), nearest-resized with a warning when it is not `size` (H, W)."""
+    mask = _decoded(path, _mask_array)
+    if size is None or mask.shape == tuple(size):
+        return mask
+    warnings.warn(
+        f"Mask {path} is {mask.shape[0]}x{mask.shape[1]} but its image is {size[0]}x{size[1]}; "
+        "resized with nearest neighbour.",
+        stacklevel=2,
+    )
+    resized = cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return resized > 0
+
+
+def _first_error(sample: Sample) -> CorruptImageError | None:
+    """The first unreadable file of a sample (image, then mask), if any."""
+    for path in (sample.image, sample.mask):
+        if path is None:
+            continue
+        try:
+            _decoded(path, _discard)
+        except CorruptImageError as err:
+            return err
+    return None
+
+
+def check_samples(samples: list[Sample], on_corrupt: str = "error") -> list[Sample]:
+    """Decode every image and mask once, up front, and keep the readable samples.
+
+    on_corrupt="error" raises the first CorruptImageError; "skip" warns once per bad sample.
+    Decoding runs in threads because Pillow releases the GIL while it decodes.
+    """
+    if on_corrupt not in ON_CORRUPT:
+        raise DatasetError(f"datamodule.on_corrupt is {on_corrupt!r}; set it to 'error' or 'skip'.")
+    with ThreadPoolExecutor() as pool:
+        errors = list(pool.map(_first_error, samples))
+    readable = []
+    for sample, error in zip(samples, errors, strict=True):
+        if error is None:
+            readable.append(sample)
+        elif on_corrupt == "error":
+            raise error
+        else:
+            warnings.warn(f"Skipping unreadable file {error.path} ({error.reason}).", stacklevel=2)
+    return readable
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted; hidden files (e.g. macOS `._x.png`) are ignored."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    )
+
+
+def require_dir(folder: Path, fix: str) -> Path:
+    """Fail early with the fix, rather than later with an empty dataset."""
+    if not folder.is_dir():
+        raise DatasetError(f"Folder {folder} does not exist; {fix}.")
+    return folder
+
+
+def require_images(folder: Path, fix: str) -> list[Path]:
+    """The sorted images of a folder that must hold some."""
+    images = list_images(require_dir(folder, fix))
+    if not images:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise DatasetError(f"Folder {folder} holds no images ({suffixes}); {fix}.")
+    return images
+
+
+def category_dir(root: Path, category: str, categories: Sequence[str], dataset: str, layout: str) -> Path:
+    """`root/category` of a dataset with a fixed category list, checked in the order a user fixes it."""
+    if category not in categories:
+        raise DatasetError(
+            f"Unknown {dataset} category {category!r}; "
+            f"set dataset.category to one of {', '.join(categories)}."
+        )
+    if not root.is_dir():
+        raise DatasetError(
+            f"{dataset} root {root} does not exist; pass dataset.root=/path/to/{dataset.replace(' ', '')}, "
+            f"the folder that holds {layout}."
+        )
+    folder = root / category
+    if not folder.is_dir():
+        raise DatasetError(
+            f"{dataset} category folder {folder} does not exist; download the {category} category into "
+            f"{root} or fix dataset.root (expected layout: {layout})."
+        )
+    return folder
+
+
+def _paired_mask(image: Path, folders: Sequence[Path], indexes: Sequence[dict[str, Path]]) -> Path:
+    """The mask named after the image (`<stem>_mask.*`, else `<stem>.*`) in the first folder that has one.
+
+    Pairing is by name, never by sort order, so a missing or extra mask cannot shift the pairs.
+    """
+    for index in indexes:
+        mask = index.get(f"{image.stem}_mask") or index.get(image.stem)
+        if mask is not None:
+            return mask
+    places = ", ".join(str(folder) for folder in folders) or "a mask folder (set dataset.mask_dir)"
+    raise DatasetError(
+        f"Anomalous test image {image} has no mask named {image.stem}_mask.png or {image.stem}.png "
+        f"in {places}; add its mask there or remove the image."
+    )
+
+
+def defect_samples(
+    test_dir: Path, mask_folders: Callable[[str], Sequence[Path]], image_subdir: str = ""
+) -> list[Sample]:
+    """Samples of a `test_dir/<defect>/[image_subdir]/*` layout: "good" is normal, others anomalous.
+
+    mask_folders(defect) names the folders searched, in order, for each anomalous image's mask.
+    """
+    loose = list_images(test_dir)
+    if loose:
+        raise DatasetError(
+            f"Test folder {test_dir} holds {len(loose)} image(s) outside a subfolder, first {loose[0]}; "
+            f"move normal images into {test_dir / GOOD} and anomalous ones into {test_dir}/<defect>."
+        )
+    samples = []
+    defect_dirs = (path for path in test_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
+    for defect_dir in sorted(defect_dirs):
+        images = list_images(defect_dir / image_subdir)
+        if defect_dir.name == GOOD:
+            samples += [Sample(image, 0) for image in images]
+            continue
+        folders = mask_folders(defect_dir.name)
+        indexes = [{path.stem: path for path in list_images(folder)} for folder in folders]
+        samples += [
+            Sample(image, 1, defect_dir.name, _paired_mask(image, folders, indexes)) for image in images
+        ]
+    return samples

@@ -1,0 +1,39 @@
+"""MVTec AD reader: `<root>/<category>/{train/good, test/<defect>, ground_truth/<defect>}`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aand_lightning.data.io import category_dir, defect_samples, require_dir, require_images
+from aand_lightning.data.records import Sample, Splits
+
+CATEGORIES: tuple[str, ...] = (
+    "carpet", "grid", "leather", "tile", "wood",
+    "bottle", "cable", "capsule", "hazelnut", "metal_nut",
+    "pill", "screw", "toothbrush", "transistor", "zipper",
+)  # fmt: skip
+LAYOUT = (
+    "<category>/train/good, <category>/test/<defect> and <category>/ground_truth/<defect>/<name>_mask.png"
+)
+
+
+def mvtec_layout_splits(folder: Path) -> Splits:
+    """Splits of one category folder in MVTec layout (also the layout of the generated demo data)."""
+    fix = f"a category folder in MVTec layout holds {LAYOUT}"
+    train = require_images(folder / "train" / "good", fix)
+    test_dir = require_dir(folder / "test", fix)
+    test = defect_samples(test_dir, lambda defect: [folder / "ground_truth" / defect])
+    return Splits(train=[Sample(image, 0) for image in train], test=test)
+
+
+class MVTecAD:
+    """Lists the samples of one MVTec AD category; masks are paired by name (`<stem>_mask.png`)."""
+
+    def __init__(self, root: str | Path, category: str) -> None:
+        self.root = Path(root)
+        self.category = category
+
+    def splits(self) -> Splits:
+        """Train (normal) and test samples, sorted by path."""
+        folder = category_dir(self.root, self.category, CATEGORIES, "MVTec AD", LAYOUT)
+        return mvtec_layout_splits(folder)

@@ -1,0 +1,34 @@
+"""MVTec 3D-AD reader, RGB only: `<category>/train/good/rgb`, `<category>/test/<defect>/{rgb,gt}`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aand_lightning.data.io import category_dir, defect_samples, require_dir, require_images
+from aand_lightning.data.records import Sample, Splits
+
+CATEGORIES: tuple[str, ...] = (
+    "bagel", "cable_gland", "carrot", "cookie", "dowel",
+    "foam", "peach", "potato", "rope", "tire",
+)  # fmt: skip
+LAYOUT = (
+    "<category>/train/good/rgb/*.png, <category>/test/<defect>/rgb/*.png "
+    "and <category>/test/<defect>/gt/*.png"
+)
+
+
+class MVTec3DRGB:
+    """Lists the RGB samples of one MVTec 3D-AD category; xyz point clouds are not read."""
+
+    def __init__(self, root: str | Path, category: str) -> None:
+        self.root = Path(root)
+        self.category = category
+
+    def splits(self) -> Splits:
+        """Train (normal) and test samples, sorted by path; masks paired by file name in `gt/`."""
+        folder = category_dir(self.root, self.category, CATEGORIES, "MVTec 3D-AD", LAYOUT)
+        fix = f"a category folder of MVTec 3D-AD holds {LAYOUT}"
+        train = require_images(folder / "train" / "good" / "rgb", fix)
+        test_dir = require_dir(folder / "test", fix)
+        test = defect_samples(test_dir, lambda defect: [test_dir / defect / "gt"], image_subdir="rgb")
+        return Splits(train=[Sample(image, 0) for image in train], test=test)

@@ -1,0 +1,29 @@
+"""Stage-1 anomaly synthesis: Perlin masks, texture sources, foreground rules, the synthesizer."""
+
+from aand_lightning.data.synthesis.foreground import (
+    ForegroundCache,
+    ForegroundRule,
+    foreground_mask,
+    select_rule,
+)
+from aand_lightning.data.synthesis.perlin import perlin_mask
+from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
+from aand_lightning.data.synthesis.textures import (
+    ProceduralTextures,
+    TextureFolder,
+    TextureSource,
+    make_texture_source,
+)
+
+__all__ = [
+    "AnomalySynthesizer",
+    "ForegroundCache",
+    "ForegroundRule",
+    "ProceduralTextures",
+    "TextureFolder",
+    "TextureSource",
+    "foreground_mask",
+    "make_texture_source",
+    "perlin_mask",
+    "select_rule",
+]

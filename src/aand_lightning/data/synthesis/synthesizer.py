@@ -1,0 +1,90 @@
+"""Stage-1 anomaly synthesis: Perlin blobs inside the foreground, filled with an augmented texture."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aand_lightning.data.synthesis.perlin import perlin_mask
+from aand_lightning.data.synthesis.textures import TextureSource, make_texture_source
+
+
+class AnomalySynthesizer:
+    """DRAEM-style synthetic anomalies for AAND's amplification stage.
+
+    Holds no random state: every draw comes from the `rng` passed to `__call__`, so a sample is
+    reproducible from its seed and the object pickles cleanly into DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        texture_source: TextureSource | None = None,
+        texture_dir: str | None = None,
+        clean_probability: float = 0.2,
+        beta_max: float = 0.8,
+        min_scale_exp: int = 0,
+        max_scale_exp: int = 5,
+        threshold: float = 0.5,
+        max_rotation: float = 90.0,
+        min_pixels: int = 5,
+        max_tries: int = 10,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= clean_probability <= 1.0:
+            raise ValueError(f"clean_probability must be in [0, 1], got {clean_probability}; fix the config.")
+        if not 0.0 <= beta_max <= 1.0:
+            raise ValueError(f"beta_max must be in [0, 1], got {beta_max}; fix the config.")
+        if max_tries < 1:
+            raise ValueError(f"max_tries must be at least 1, got {max_tries}; fix the config.")
+        self.texture_source = (
+            make_texture_source(texture_dir, seed) if texture_source is None else texture_source
+        )
+        self.clean_probability = clean_probability
+        self.beta_max = beta_max
+        self.perlin = {
+            "min_scale_exp": min_scale_exp,
+            "max_scale_exp": max_scale_exp,
+            "threshold": threshold,
+            "max_rotation": max_rotation,
+        }
+        self.min_pixels = min_pixels
+        self.max_tries = max_tries
+
+    def anomaly_mask(self, foreground: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        """Perlin mask AND foreground, redrawn while fewer than min_pixels survive; None after max_tries."""
+        height, width = foreground.shape
+        for _ in range(self.max_tries):
+            mask = perlin_mask(height, width, rng, **self.perlin) & foreground
+            if np.count_nonzero(mask) >= self.min_pixels:
+                return mask
+        return None
+
+    def __call__(
+        self, image: np.ndarray, foreground: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(synthetic image float32 HxWx3, mask float32 HxW in {0, 1}) for a float32 RGB image in [0, 1].
+
+        Inside the mask the pixel becomes (1-beta)·texture + beta·image with beta ~ U(0, beta_max);
+        outside it stays exactly the original. The spec blends after ImageNet normalisation; that
+        normalisation is a per-channel affine map n(x) = (x - mean)/std, and
+        (1-beta)·n(t) + beta·n(x) = n((1-beta)·t + beta·x), so blending in [0, 1] is identical.
+        With probability clean_probability (or when no mask survives) the image is returned as is
+        with an empty mask.
+        """
+        image = np.asarray(image, dtype=np.float32)
+        foreground = np.asarray(foreground, dtype=bool)
+        if foreground.shape != image.shape[:2]:
+            raise ValueError(
+                f"Foreground shape {foreground.shape} differs from image size {image.shape[:2]}; "
+                "compute the foreground on the resized image."
+            )
+        empty = np.zeros(foreground.shape, np.float32)
+        if rng.random() < self.clean_probability:
+            return image, empty
+        mask = self.anomaly_mask(foreground, rng)
+        if mask is None:
+            return image, empty
+        texture = self.texture_source.sample(rng, *foreground.shape)
+        beta = np.float32(rng.uniform(0.0, self.beta_max))
+        synthetic = image.copy()
+        synthetic[mask] = (1.0 - beta) * texture[mask] + beta * image[mask]
+        return synthetic, mask.astype(np.float32)

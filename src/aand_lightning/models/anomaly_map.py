@@ -1,0 +1,62 @@
+"""Teacher–student discrepancy → pixel anomaly map (summed levels, Gaussian σ=4) and image score."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cosine_distance(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """1 − cosine over channels, per patch: (B,C,H,W) × 2 → (B,H,W)."""
+    return 1.0 - F.cosine_similarity(teacher, student, dim=1, eps=eps)
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Normalised 1-D Gaussian with scipy.ndimage's support (radius = int(truncate·σ + 0.5))."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (kernel / kernel.sum()).float()
+
+
+def _symmetric_pad(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """scipy's 'reflect' border (d c b a | a b c d), which torch's pad modes do not offer."""
+    n = x.shape[dim]
+    if radius > n:  # tiny maps: repeat the reflection pattern by index arithmetic
+        period = torch.arange(-radius, n + radius, device=x.device) % (2 * n)
+        index = torch.where(period < n, period, 2 * n - 1 - period)
+        return x.index_select(dim, index)
+    head = x.narrow(dim, 0, radius).flip(dim)
+    tail = x.narrow(dim, n - radius, radius).flip(dim)
+    return torch.cat([head, x, tail], dim=dim)
+
+
+def gaussian_blur(maps: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian smoothing of (B,1,H,W) maps on their own device, matching scipy.ndimage."""
+    radius = kernel.numel() // 2
+    k = kernel.to(maps.dtype)
+    maps = F.conv2d(_symmetric_pad(maps, radius, 3), k.view(1, 1, 1, -1))
+    return F.conv2d(_symmetric_pad(maps, radius, 2), k.view(1, 1, -1, 1))
+
+
+class AnomalyMapGenerator(nn.Module):
+    """Sum of per-level cosine distances, upsampled to the image and smoothed; score = max of the map."""
+
+    def __init__(self, sigma: float = 4.0, truncate: float = 4.0) -> None:
+        super().__init__()
+        self.register_buffer("kernel", gaussian_kernel1d(sigma, truncate) if sigma > 0 else torch.ones(1))
+
+    def forward(
+        self, teacher: list[torch.Tensor], student: list[torch.Tensor], image_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (maps (B,1,H,W), scores (B,))."""
+        maps = sum(
+            F.interpolate(cosine_distance(t, s)[:, None], size=image_size, mode="bilinear", align_corners=True)
+            for t, s in zip(teacher, student, strict=True)
+        )
+        return self.smooth_and_score(maps)
+
+    def smooth_and_score(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = gaussian_blur(maps, self.kernel)
+        return maps, maps.flatten(1).amax(dim=1)

@@ -1,0 +1,68 @@
+"""Stage 1: train the RAA modules of a frozen teacher on synthetic anomalies."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aand_lightning.models.amplified_teacher import AmplifiedTeacher
+from aand_lightning.models.anomaly_map import AnomalyMapGenerator
+from aand_lightning.models.losses import AmplificationLoss
+from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
+
+
+class AnomalyAmplification(AnomalyStage):
+    """Trains only the RAA modules; the teacher backbone stays frozen with BN in eval mode.
+
+    Training uses teacher forcing (the residual gate is the ground-truth synthetic mask); validation
+    and test use the predicted gate. Its test pass scores images with the gates themselves (mean of
+    the upsampled level gates): a direct measure of how well RAA finds anomalies.
+    """
+
+    synthetic_train = True
+    map_name = "raa_gate"
+
+    def __init__(
+        self,
+        teacher: AmplifiedTeacher,
+        loss: AmplificationLoss,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        anomaly_map: AnomalyMapGenerator | None = None,
+        fpr_limit: float = 0.3,
+    ) -> None:
+        super().__init__(optimizer, scheduler, fpr_limit)
+        if not teacher.enabled:
+            raise ValueError("Stage 1 trains RAA, but raa.enabled=false; run stage=distill for the RD baseline.")
+        self.teacher = teacher
+        self.loss = loss
+        self.anomaly_map = anomaly_map or AnomalyMapGenerator()
+
+    def trainable(self) -> nn.Module:
+        return self.teacher.raa
+
+    def _loss(self, batch: dict, teacher_forcing: bool) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            features = self.teacher.teacher(batch["image"])
+        forced = self.loss.level_targets(batch["mask"], features) if teacher_forcing else None
+        out = self.teacher.amplify(features, forced)
+        return self.loss(out.features, out.amplified, out.gates, batch["mask"], batch.get("foreground"))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self._loss(batch, teacher_forcing=True)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["image"]))
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if self._validate_on_test():
+            self.evaluate_batch(batch, self.val_metrics, with_pixels=False)
+            return
+        losses = self._loss(batch, teacher_forcing=False)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=len(batch["image"]))
+
+    def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gates = self.teacher(images).gates
+        size = tuple(images.shape[-2:])
+        mean_gate = sum(F.interpolate(g, size=size, mode="bilinear", align_corners=True) for g in gates) / len(gates)
+        return self.anomaly_map.smooth_and_score(mean_gate)

@@ -1,0 +1,68 @@
+"""Stage 2: distil the frozen amplified teacher into a reverse-distillation student (normal images only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from aand_lightning.models.aand import AAND
+from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
+
+
+class NormalityDistillation(AnomalyStage):
+    """Trains bottleneck + decoder with a distillation loss against the amplified teacher features.
+
+    After each validation epoch on held-out normal images, the decision threshold stored in the model
+    is set to the `threshold_quantile` of their image scores, so a checkpoint can predict on its own.
+    `model_config` is the plain description needed to rebuild the model (saved in the checkpoint).
+    """
+
+    map_name = "aand"
+
+    def __init__(
+        self,
+        model: AAND,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        model_config: dict[str, Any] | None = None,
+        threshold_quantile: float = 0.99,
+        fpr_limit: float = 0.3,
+    ) -> None:
+        super().__init__(optimizer, scheduler, fpr_limit)
+        self.save_hyperparameters({"model_config": model_config or {}, "threshold_quantile": threshold_quantile})
+        self.model = model
+        self.loss = loss
+        self.threshold_quantile = threshold_quantile
+        self._val_scores: list[torch.Tensor] = []
+
+    def trainable(self) -> nn.Module:
+        return self.model.student
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.model(batch["image"], with_map=False)
+        loss = self.loss(out.teacher.amplified, out.student)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if self._validate_on_test():
+            self.evaluate_batch(batch, self.val_metrics, with_pixels=False)
+            return
+        out = self.model(batch["image"])
+        loss = self.loss(out.teacher.amplified, out.student)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["image"]))
+        self._val_scores.append(out.scores.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self._val_scores:
+            scores = self.all_gather(torch.cat(self._val_scores)).flatten().float()
+            self.model.threshold.fill_(torch.quantile(scores, self.threshold_quantile).item())
+            self._val_scores.clear()
+
+    def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return out.maps, out.scores

@@ -1,0 +1,43 @@
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class SyntheticBatches(Dataset):
+    """Random images with a square synthetic anomaly in every other item."""
+
+    def __init__(self, count: int = 4, size: int = 64) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.images = torch.randn(count, 3, size, size, generator=gen)
+        self.masks = torch.zeros(count, 1, size, size)
+        self.masks[::2, :, 8:40, 8:40] = 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "image": self.images[i],
+            "mask": self.masks[i],
+            "foreground": torch.ones(1, *self.images.shape[-2:]),
+            "label": int(self.masks[i].any()),
+            "defect": "square",
+            "path": f"{i}.png",
+        }
+
+
+@pytest.fixture
+def loader() -> DataLoader:
+    return DataLoader(SyntheticBatches(), batch_size=2)
+
+
+@pytest.fixture
+def one_step_trainer(tmp_path):
+    def make() -> L.Trainer:
+        return L.Trainer(
+            max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+
+    return make

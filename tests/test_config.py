@@ -1,0 +1,64 @@
+"""Every config group composes, and the composed configs instantiate what they name."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from aand_lightning.config import config_dir
+
+CONF = config_dir()
+GROUPS = ["dataset", "backbone", "raa", "synthesis", "loss", "stage", "trainer", "logger", "paths", "experiment"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert _options(group), f"config group {group} is empty"
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
+def test_group_option_composes(group, option, tmp_path):
+    cfg = _compose([f"{group}={option}", f"hydra.runtime.output_dir={tmp_path}", f"hydra.runtime.cwd={tmp_path}"])
+    OmegaConf.resolve(cfg.hydra)
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    assert plain["stage"]["run"]
+
+
+def test_spec_hyperparameters_are_defaults():
+    cfg = _compose([])
+    assert cfg.raa.num_prototypes == 50 and cfg.raa.temperature == 0.2
+    assert cfg.amplify.loss.margin == 0.3 and cfg.amplify.loss.focal_alpha == 0.8 and cfg.amplify.loss.focal_gamma == 2
+    assert cfg.amplify.loss.amplification_weight == 0.1 and cfg.loss.k_hard == 10
+    assert cfg.amplify.optimizer.lr == 0.005 and list(cfg.amplify.optimizer.betas) == [0.5, 0.999]
+    assert list(cfg.amplify.scheduler.milestones) == [80, 90] and list(cfg.distill.scheduler.milestones) == [96, 108]
+    assert cfg.amplify.epochs == 100 and cfg.distill.epochs == 120 and cfg.anomaly_map.sigma == 4.0
+
+
+def test_loss_options_instantiate():
+    for option in _options("loss"):
+        assert instantiate(_compose([f"loss={option}"]).loss) is not None
+
+
+def test_paper_experiments_are_the_paper_protocol():
+    for name in ("paper_mvtec", "paper_visa", "paper_mvtec3d"):
+        cfg = _compose([f"experiment={name}"])
+        assert cfg.dataset.image_size == 256 and cfg.datamodule.batch_size == 16
+        assert cfg.amplify.epochs == 100 and cfg.distill.epochs == 120
+        assert cfg.backbone.name.startswith("wide_resnet50_2")
+        categories = cfg.hydra.sweeper.params["dataset.category"].split(",")
+        assert sorted(categories) == sorted(cfg.dataset.categories)
+
+
+def test_experiments_dir_is_the_experiment_group():
+    assert (CONF / "experiment").resolve() == (Path(__file__).parents[1] / "experiments").resolve()

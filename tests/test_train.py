@@ -1,0 +1,68 @@
+"""The real CLI end to end: `python -m aand_lightning.train` in a subprocess, on generated demo data."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aand_lightning.callbacks.teacher_handoff import TeacherArtifactError, read_teacher
+
+
+def _train(tmp: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "aand_lightning.train",
+        "dataset=demo", f"dataset.root={tmp / 'demo'}", "dataset.image_size=64",
+        "backbone=resnet18", "backbone.weights=none",
+        "trainer=debug", "trainer.enable_progress_bar=false",
+        "amplify.epochs=1", "distill.epochs=1", "amplify.scheduler.milestones=[1]", "distill.scheduler.milestones=[1]",
+        "datamodule.batch_size=4", "datamodule.num_workers=0",
+        "evaluation.heatmaps=3", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp)
+
+
+@pytest.fixture(scope="module")
+def stage_all(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("cli")
+    run_dir = tmp / "run_all"
+    result = _train(tmp, run_dir, "stage=all")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_stage_all_writes_metrics_teacher_checkpoints_and_heatmaps(stage_all):
+    for stage in ("amplify", "distill"):
+        record = json.loads((stage_all / stage / "metrics.json").read_text())
+        assert record["stage"] == stage and record["dataset"] == "demo" and record["category"] == "brick"
+        for key in ("image_auroc", "pixel_auroc", "aupro"):
+            assert 0.0 <= record["metrics"][key] <= 1.0
+        assert (stage_all / stage / "checkpoints" / "last.ckpt").is_file()
+        assert len(list((stage_all / stage / "heatmaps").glob("*.png"))) == 3
+    assert (stage_all / "amplify" / "teacher.pt").is_file()
+    combined = json.loads((stage_all / "metrics.json").read_text())
+    assert [r["stage"] for r in combined] == ["amplify", "distill"]
+
+
+def test_distill_reuses_a_stage1_teacher(stage_all, tmp_path):
+    run_dir = tmp_path / "run_distill"
+    result = _train(stage_all.parent, run_dir, "stage=distill", f"teacher_ckpt={stage_all}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run_dir / "distill" / "metrics.json").read_text())["stage"] == "distill"
+
+
+def test_distill_without_teacher_names_the_fix(stage_all, tmp_path):
+    result = _train(stage_all.parent, tmp_path / "run_missing", "stage=distill")
+    assert result.returncode != 0
+    assert "teacher_ckpt=" in result.stderr
+
+
+def test_teacher_backbone_mismatch_is_an_error(stage_all):
+    artifact = stage_all / "amplify" / "teacher.pt"
+    assert read_teacher(artifact, "resnet18", {"num_prototypes": 50, "max_hidden": 1024})["backbone"] == "resnet18"
+    with pytest.raises(TeacherArtifactError, match="backbone=resnet18"):
+        read_teacher(artifact, "tf_efficientnet_lite0", {"num_prototypes": 50})
+    with pytest.raises(TeacherArtifactError, match="raa.num_prototypes=50"):
+        read_teacher(artifact, "resnet18", {"num_prototypes": 8})
