@@ -52,8 +52,10 @@ def main() -> None:
     torch.set_num_threads(1)
     maps, masks = make_test_set(args.images, args.size)
     regions = int(label_regions(masks).max())
-    print(f"{args.images} maps of {args.size}x{args.size}, {regions} regions, threads=1, "
-          f"median of {args.repeats}")
+    print(
+        f"{args.images} maps of {args.size}x{args.size}, {regions} regions, threads=1, "
+        f"median of {args.repeats}"
+    )
     print(f"aupro = {aupro(maps, masks):.4f}, per_image_pro = {per_image_pro(maps, masks):.4f}")
     for name, function in [
         ("label_regions", lambda: label_regions(masks)),

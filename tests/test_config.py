@@ -10,7 +10,18 @@ from omegaconf import OmegaConf
 from aand_lightning.config import config_dir
 
 CONF = config_dir()
-GROUPS = ["dataset", "backbone", "raa", "synthesis", "loss", "stage", "trainer", "logger", "paths", "experiment"]
+GROUPS = [
+    "dataset",
+    "backbone",
+    "raa",
+    "synthesis",
+    "loss",
+    "stage",
+    "trainer",
+    "logger",
+    "paths",
+    "experiment",
+]
 
 
 def _options(group: str) -> list[str]:
@@ -29,7 +40,9 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
 def test_group_option_composes(group, option, tmp_path):
-    cfg = _compose([f"{group}={option}", f"hydra.runtime.output_dir={tmp_path}", f"hydra.runtime.cwd={tmp_path}"])
+    cfg = _compose(
+        [f"{group}={option}", f"hydra.runtime.output_dir={tmp_path}", f"hydra.runtime.cwd={tmp_path}"]
+    )
     OmegaConf.resolve(cfg.hydra)
     plain = OmegaConf.to_container(cfg, resolve=False)
     assert plain["stage"]["run"]
@@ -38,10 +51,17 @@ def test_group_option_composes(group, option, tmp_path):
 def test_spec_hyperparameters_are_defaults():
     cfg = _compose([])
     assert cfg.raa.num_prototypes == 50 and cfg.raa.temperature == 0.2
-    assert cfg.amplify.loss.margin == 0.3 and cfg.amplify.loss.focal_alpha == 0.8 and cfg.amplify.loss.focal_gamma == 2
+    assert (
+        cfg.amplify.loss.margin == 0.3
+        and cfg.amplify.loss.focal_alpha == 0.8
+        and cfg.amplify.loss.focal_gamma == 2
+    )
     assert cfg.amplify.loss.amplification_weight == 0.1 and cfg.loss.k_hard == 10
     assert cfg.amplify.optimizer.lr == 0.005 and list(cfg.amplify.optimizer.betas) == [0.5, 0.999]
-    assert list(cfg.amplify.scheduler.milestones) == [80, 90] and list(cfg.distill.scheduler.milestones) == [96, 108]
+    assert list(cfg.amplify.scheduler.milestones) == [80, 90] and list(cfg.distill.scheduler.milestones) == [
+        96,
+        108,
+    ]
     assert cfg.amplify.epochs == 100 and cfg.distill.epochs == 120 and cfg.anomaly_map.sigma == 4.0
 
 
@@ -62,3 +82,21 @@ def test_paper_experiments_are_the_paper_protocol():
 
 def test_experiments_dir_is_the_experiment_group():
     assert (CONF / "experiment").resolve() == (Path(__file__).parents[1] / "experiments").resolve()
+
+
+def test_wheel_ships_configs_and_experiments(tmp_path):
+    """An installed (non-editable) package must find conf/ and experiments/ without a checkout."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(root)],
+        check=True,
+        capture_output=True,
+    )
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    assert "aand_lightning/conf/train.yaml" in names
+    assert "aand_lightning/conf/experiment/demo.yaml" in names
+    assert "aand_lightning/conf/dataset/mvtec.yaml" in names

@@ -16,7 +16,8 @@ def _train(tmp: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedPro
         "dataset=demo", f"dataset.root={tmp / 'demo'}", "dataset.image_size=64",
         "backbone=resnet18", "backbone.weights=none",
         "trainer=debug", "trainer.enable_progress_bar=false",
-        "amplify.epochs=1", "distill.epochs=1", "amplify.scheduler.milestones=[1]", "distill.scheduler.milestones=[1]",
+        "amplify.epochs=1", "distill.epochs=1",
+        "amplify.scheduler.milestones=[1]", "distill.scheduler.milestones=[1]",
         "datamodule.batch_size=4", "datamodule.num_workers=0",
         "evaluation.heatmaps=3", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}",
         *overrides,
@@ -61,8 +62,24 @@ def test_distill_without_teacher_names_the_fix(stage_all, tmp_path):
 
 def test_teacher_backbone_mismatch_is_an_error(stage_all):
     artifact = stage_all / "amplify" / "teacher.pt"
-    assert read_teacher(artifact, "resnet18", {"num_prototypes": 50, "max_hidden": 1024})["backbone"] == "resnet18"
+    assert (
+        read_teacher(artifact, "resnet18", {"num_prototypes": 50, "max_hidden": 1024})["backbone"]
+        == "resnet18"
+    )
     with pytest.raises(TeacherArtifactError, match="backbone=resnet18"):
         read_teacher(artifact, "tf_efficientnet_lite0", {"num_prototypes": 50})
-    with pytest.raises(TeacherArtifactError, match="raa.num_prototypes=50"):
+    with pytest.raises(TeacherArtifactError, match=r"raa\.num_prototypes=50"):
         read_teacher(artifact, "resnet18", {"num_prototypes": 8})
+
+
+def test_wandb_logger_works_offline(stage_all, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "run_wandb"
+    result = _train(stage_all.parent, run_dir, "stage=amplify", "logger=wandb")
+    assert result.returncode == 0, result.stderr[-3000:]
+    offline_runs = list((run_dir / "amplify" / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert list((offline_runs[0] / "files" / "media" / "images").rglob("*.png")), "no heatmaps logged"
+    record = next(offline_runs[0].glob("run-*.wandb")).read_bytes()
+    assert b"num_prototypes" in record and b"test/image_auroc" in record  # resolved config + metrics

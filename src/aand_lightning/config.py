@@ -12,5 +12,6 @@ def config_dir() -> Path:
         if (candidate / "train.yaml").is_file():
             return candidate
     raise FileNotFoundError(
-        f"No Hydra configs found next to {package}; reinstall aand-lightning (pip install .) or run from a checkout."
+        f"No Hydra configs found next to {package}; reinstall aand-lightning (pip install .) "
+        "or run from a checkout."
     )

@@ -21,12 +21,22 @@ def _rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for r in records:
         values = [r["metrics"].get(c, math.nan) for c in COLUMNS]
-        rows.append([r["dataset"], r["category"], r["stage"], r.get("map", ""), *(f"{100 * v:.1f}" for v in values)])
+        rows.append(
+            [r["dataset"], r["category"], r["stage"], r.get("map", ""), *(f"{100 * v:.1f}" for v in values)]
+        )
     for stage in sorted({r["stage"] for r in records}):
         group = [r for r in records if r["stage"] == stage]
         if len(group) > 1:
             means = [sum(r["metrics"].get(c, math.nan) for r in group) / len(group) for c in COLUMNS]
-            rows.append([group[0]["dataset"], "mean", stage, group[0].get("map", ""), *(f"{100 * m:.1f}" for m in means)])
+            rows.append(
+                [
+                    group[0]["dataset"],
+                    "mean",
+                    stage,
+                    group[0].get("map", ""),
+                    *(f"{100 * m:.1f}" for m in means),
+                ]
+            )
     return rows
 
 
@@ -40,7 +50,11 @@ def format_table(records: Iterable[dict[str, Any]]) -> str:
 
 def collect(directory: str | Path) -> list[dict[str, Any]]:
     """Every stage record (`<job>/<stage>/metrics.json`) below a run or sweep directory."""
-    return [json.loads(p.read_text()) for p in sorted(Path(directory).rglob("*/metrics.json")) if p.parent.name in ("amplify", "distill")]
+    return [
+        json.loads(p.read_text())
+        for p in sorted(Path(directory).rglob("*/metrics.json"))
+        if p.parent.name in ("amplify", "distill")
+    ]
 
 
 def write_summary(directory: str | Path) -> str:

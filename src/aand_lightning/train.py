@@ -49,7 +49,9 @@ def _loggers(cfg: DictConfig) -> list:
 
 
 def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> L.Trainer:
-    checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+    checkpoint = ModelCheckpoint(
+        dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
+    )
     heatmaps = HeatmapWriter(stage_dir / "heatmaps", cfg.evaluation.heatmaps)
     return instantiate(
         cfg.trainer,
@@ -61,7 +63,12 @@ def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> 
 
 
 def _run_stage(
-    cfg: DictConfig, name: str, module: AnomalyStage, datamodule: AnomalyDataModule, run_dir: Path, callbacks: list
+    cfg: DictConfig,
+    name: str,
+    module: AnomalyStage,
+    datamodule: AnomalyDataModule,
+    run_dir: Path,
+    callbacks: list,
 ) -> dict[str, Any]:
     """Fit, test, write metrics.json (rank 0); returns the metrics record."""
     OmegaConf.update(cfg, "current_stage", name)
@@ -103,7 +110,9 @@ def run_amplify(cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path) -
     return artifact, _run_stage(cfg, "amplify", module, datamodule, run_dir, [handoff])
 
 
-def run_distill(cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path, teacher_path: Path | None) -> dict:
+def run_distill(
+    cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path, teacher_path: Path | None
+) -> dict:
     if cfg.raa.enabled:
         payload = read_teacher(teacher_path, cfg.backbone.name, cfg.raa)
         teacher = build_amplified_teacher(cfg.backbone, cfg.raa, weights="none")
@@ -141,7 +150,9 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     stages = list(cfg.stage.run)
     if "amplify" in stages:
         if not cfg.raa.enabled:
-            raise ValueError("stage=amplify trains RAA but raa.enabled=false; use stage=distill for the RD baseline.")
+            raise ValueError(
+                "stage=amplify trains RAA but raa.enabled=false; use stage=distill for the RD baseline."
+            )
         teacher_path, record = run_amplify(cfg, datamodule, run_dir)
         records.append(record)
     if "distill" in stages:

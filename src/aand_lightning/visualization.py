@@ -28,7 +28,9 @@ def heatmap_overlay(
         for panel in (left, overlay):
             cv2.drawContours(panel, contours, -1, (0, 255, 0), 1)
     if score is not None:
-        cv2.putText(overlay, f"{score:.3f}", (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            overlay, f"{score:.3f}", (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
+        )
     return np.concatenate([left, overlay], axis=1)
 
 

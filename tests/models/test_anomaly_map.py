@@ -3,7 +3,12 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from aand_lightning.models.anomaly_map import AnomalyMapGenerator, cosine_distance, gaussian_blur, gaussian_kernel1d
+from aand_lightning.models.anomaly_map import (
+    AnomalyMapGenerator,
+    cosine_distance,
+    gaussian_blur,
+    gaussian_kernel1d,
+)
 
 
 @pytest.mark.parametrize("size", [(40, 52), (10, 12)])
@@ -22,7 +27,9 @@ def test_map_sums_levels_and_score_is_max():
     generator = AnomalyMapGenerator(sigma=4.0)
     maps, scores = generator(teacher, student, (32, 32))
     raw = sum(
-        torch.nn.functional.interpolate(cosine_distance(t, s)[:, None], size=(32, 32), mode="bilinear", align_corners=True)
+        torch.nn.functional.interpolate(
+            cosine_distance(t, s)[:, None], size=(32, 32), mode="bilinear", align_corners=True
+        )
         for t, s in zip(teacher, student, strict=True)
     )
     expected = gaussian_blur(raw, gaussian_kernel1d(4.0))

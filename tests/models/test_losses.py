@@ -44,7 +44,9 @@ def test_amplification_loss_respects_sample_limits():
     features = torch.randn(1, 4, 10, 10)
     anomalous = torch.rand(1, 1, 10, 10) > 0.5
     gen = torch.Generator().manual_seed(0)
-    value = amplification_loss(features, features, anomalous, ~anomalous, max_normal=3, max_anomalous=2, generator=gen)
+    value = amplification_loss(
+        features, features, anomalous, ~anomalous, max_normal=3, max_anomalous=2, generator=gen
+    )
     assert torch.isclose(value, torch.tensor(0.3))
 
 

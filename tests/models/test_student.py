@@ -6,14 +6,26 @@ from aand_lightning.models.student import Student
 
 STUDENTS = {
     "resnet18": {"block": "basic", "fusion_blocks": 2, "decoder_layers": [2, 2, 2], "width_per_group": 64},
-    "tf_efficientnet_lite0": {"block": "basic", "fusion_blocks": 2, "decoder_layers": [2, 2, 2], "width_per_group": 64},
-    "wide_resnet50_2": {"block": "bottleneck", "fusion_blocks": 3, "decoder_layers": [3, 4, 6], "width_per_group": 128},
+    "tf_efficientnet_lite0": {
+        "block": "basic",
+        "fusion_blocks": 2,
+        "decoder_layers": [2, 2, 2],
+        "width_per_group": 64,
+    },
+    "wide_resnet50_2": {
+        "block": "bottleneck",
+        "fusion_blocks": 3,
+        "decoder_layers": [3, 4, 6],
+        "width_per_group": 128,
+    },
 }
 
 
 @pytest.mark.parametrize("name", list(STUDENTS))
 def test_student_matches_teacher_shapes(name):
-    model = build_aand({"name": name, "weights": "none", "student": STUDENTS[name]}, {"enabled": True}, {"sigma": 4.0})
+    model = build_aand(
+        {"name": name, "weights": "none", "student": STUDENTS[name]}, {"enabled": True}, {"sigma": 4.0}
+    )
     model.eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64))
@@ -23,7 +35,9 @@ def test_student_matches_teacher_shapes(name):
 
 def test_wide_resnet_student_is_rd_design():
     student = Student([256, 512, 1024], "bottleneck", 3, (3, 4, 6), 128)
-    code = student.bottleneck([torch.randn(1, 256, 64, 64), torch.randn(1, 512, 32, 32), torch.randn(1, 1024, 16, 16)])
+    code = student.bottleneck(
+        [torch.randn(1, 256, 64, 64), torch.randn(1, 512, 32, 32), torch.randn(1, 1024, 16, 16)]
+    )
     assert code.shape == (1, 2048, 8, 8)
     assert student.bottleneck.blocks[0].downsample[0].in_channels == 3072
     assert [len(s) for s in student.decoder.stages] == [3, 4, 6]

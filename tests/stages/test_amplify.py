@@ -22,7 +22,9 @@ def test_stage1_step_updates_only_raa(loader, one_step_trainer):
     one_step_trainer().fit(module, train_dataloaders=loader)
 
     backbone_after = teacher.teacher.state_dict()
-    assert all(torch.equal(backbone_before[k], backbone_after[k]) for k in backbone_before)  # weights + BN stats
+    assert all(
+        torch.equal(backbone_before[k], backbone_after[k]) for k in backbone_before
+    )  # weights + BN stats
     raa_after = teacher.raa.state_dict()
     changed = [k for k in raa_before if not torch.equal(raa_before[k], raa_after[k])]
     assert any("prototypes" in k for k in changed) and any("residual" in k for k in changed)

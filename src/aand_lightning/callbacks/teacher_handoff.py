@@ -24,7 +24,12 @@ def save_teacher(path: str | Path, teacher: AmplifiedTeacher, backbone: str, raa
     """Weights of backbone + RAA and the config needed to rebuild them; written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": ARTIFACT_FORMAT, "backbone": backbone, "raa": dict(raa), "state_dict": teacher.state_dict()}
+    payload = {
+        "format": ARTIFACT_FORMAT,
+        "backbone": backbone,
+        "raa": dict(raa),
+        "state_dict": teacher.state_dict(),
+    }
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -41,10 +46,14 @@ def read_teacher(path: str | Path | None, backbone: str, raa: Mapping[str, Any])
     if path.is_dir():
         path = next((p for p in (path / ARTIFACT_NAME, path / "amplify" / ARTIFACT_NAME) if p.exists()), path)
     if not path.is_file():
-        raise TeacherArtifactError(f"No stage-1 teacher at {path}; pass teacher_ckpt=<stage-1 run dir>/amplify/teacher.pt.")
+        raise TeacherArtifactError(
+            f"No stage-1 teacher at {path}; pass teacher_ckpt=<stage-1 run dir>/amplify/teacher.pt."
+        )
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != ARTIFACT_FORMAT:
-        raise TeacherArtifactError(f"{path} is not a stage-1 teacher artifact; pass the teacher.pt written by stage=amplify.")
+        raise TeacherArtifactError(
+            f"{path} is not a stage-1 teacher artifact; pass the teacher.pt written by stage=amplify."
+        )
     if payload["backbone"] != backbone:
         raise TeacherArtifactError(
             f"The teacher at {path} was trained with backbone={payload['backbone']}, but this run uses "

@@ -118,10 +118,14 @@ class AnomalyDataModule(L.LightningDataModule):
         if not self.val_samples:
             return []
         mode: Mode = "synthetic" if self._wants_synthetic() else "normal"
-        return self._loader(self.dataset(self.val_samples, mode, fixed_seed=self.seed), self.eval_batch_size, False)
+        return self._loader(
+            self.dataset(self.val_samples, mode, fixed_seed=self.seed), self.eval_batch_size, False
+        )
 
     def test_dataloader(self) -> DataLoader:
         assert self.splits is not None
         if not self.splits.test:
-            raise DatasetError(f"Category {self.category!r} has no test image; check the test folder of dataset.root.")
+            raise DatasetError(
+                f"Category {self.category!r} has no test image; check the test folder of dataset.root."
+            )
         return self._loader(self.dataset(self.splits.test, "test"), self.eval_batch_size, False)

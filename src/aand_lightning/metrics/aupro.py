@@ -77,14 +77,15 @@ def _normalised_pro_area(scores: torch.Tensor, regions: torch.Tensor, fpr_limit:
     if n_normal == 0 or n_regions == 0:
         return math.nan
     keys, order = _descending_order_keys(scores).sort()
-    regions = regions[order]
-    fpr = (regions == 0).cumsum(0).double() / n_normal
+    # index_select, not tensor[index]: the latter is several times slower for large gathers on CPU.
+    regions = regions.index_select(0, order)
+    run_ends = _tie_run_ends(keys).nonzero().squeeze(1)
+    fpr = (regions == 0).cumsum(0).index_select(0, run_ends).double() / n_normal
     region_weight = 1.0 / (sizes.double() * n_regions)
     region_weight[0] = 0.0
+    pro = region_weight.index_select(0, regions).cumsum(0).index_select(0, run_ends)
     # Rounding in the sum can overshoot 1 by an ulp; MVTec's reference clips the same way.
-    pro = region_weight[regions].cumsum(0).clamp_(max=1.0)
-    run_ends = _tie_run_ends(keys)
-    return _area_up_to(fpr[run_ends], pro[run_ends], fpr_limit) / fpr_limit
+    return _area_up_to(fpr, pro.clamp_(max=1.0), fpr_limit) / fpr_limit
 
 
 def _descending_order_keys(scores: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,10 @@ class AmplifiedTeacher(nn.Module):
         self.teacher = teacher
         self.enabled = enabled
         self.raa = nn.ModuleList(
-            [ResidualAnomalyAmplifier(c, num_prototypes, temperature, max_hidden, eps) for c in teacher.channels]
+            [
+                ResidualAnomalyAmplifier(c, num_prototypes, temperature, max_hidden, eps)
+                for c in teacher.channels
+            ]
             if enabled
             else []
         )
@@ -54,7 +57,9 @@ class AmplifiedTeacher(nn.Module):
             features = self.teacher(images)
         return self.amplify(features, teacher_gates)
 
-    def amplify(self, features: list[torch.Tensor], teacher_gates: list[torch.Tensor] | None = None) -> TeacherOutput:
+    def amplify(
+        self, features: list[torch.Tensor], teacher_gates: list[torch.Tensor] | None = None
+    ) -> TeacherOutput:
         """Apply each level's RAA; `teacher_gates` (stage-1 training) replace the predicted gates."""
         if not self.enabled:
             return TeacherOutput(features, features, None)

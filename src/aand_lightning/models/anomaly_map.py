@@ -52,7 +52,9 @@ class AnomalyMapGenerator(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (maps (B,1,H,W), scores (B,))."""
         maps = sum(
-            F.interpolate(cosine_distance(t, s)[:, None], size=image_size, mode="bilinear", align_corners=True)
+            F.interpolate(
+                cosine_distance(t, s)[:, None], size=image_size, mode="bilinear", align_corners=True
+            )
             for t, s in zip(teacher, student, strict=True)
         )
         return self.smooth_and_score(maps)

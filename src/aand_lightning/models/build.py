@@ -12,8 +12,10 @@ from aand_lightning.models.student import Student
 from aand_lightning.models.teacher import Teacher
 
 
-def build_amplified_teacher(backbone: Mapping[str, Any], raa: Mapping[str, Any], weights: str | None = None) -> AmplifiedTeacher:
-    """Teacher from `backbone` (name, weights; `weights` overrides) with RAA per `raa` (enabled, L, τ, ...)."""
+def build_amplified_teacher(
+    backbone: Mapping[str, Any], raa: Mapping[str, Any], weights: str | None = None
+) -> AmplifiedTeacher:
+    """Teacher from `backbone` (name, weights; `weights` overrides) with RAA per `raa` (enabled, L, τ)."""
     teacher = Teacher(backbone["name"], backbone.get("weights", "imagenet") if weights is None else weights)
     return AmplifiedTeacher(
         teacher,

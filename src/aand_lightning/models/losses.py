@@ -94,7 +94,9 @@ class AmplificationLoss(nn.Module):
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         focal = amp = features[0].new_zeros(())
-        for f, fa, gate, target in zip(features, amplified, gates, self.level_targets(mask, features), strict=True):
+        for f, fa, gate, target in zip(
+            features, amplified, gates, self.level_targets(mask, features), strict=True
+        ):
             focal = focal + focal_loss(gate, target, self.focal_alpha, self.focal_gamma, self.focal_eps)
             normal = target == 0
             if foreground is not None:

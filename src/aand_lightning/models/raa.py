@@ -10,7 +10,7 @@ from torch import nn
 
 
 def sinusoidal_position_encoding(channels: int, height: int, width: int) -> torch.Tensor:
-    """Fixed 2-D encoding (1, C, H, W): first C/2 channels encode x, last C/2 encode y, sin/cos interleaved."""
+    """Fixed 2-D encoding (1, C, H, W): first C/2 channels encode x, last C/2 y; sin/cos interleaved."""
     if channels % 4:
         raise ValueError(f"2-D sinusoidal encoding needs channels divisible by 4, got {channels}.")
     half = channels // 2

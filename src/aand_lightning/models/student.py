@@ -19,7 +19,9 @@ EXPANSION = {"bottleneck": Bottleneck.expansion, "basic": BasicBlock.expansion}
 
 def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -34,7 +36,11 @@ class MultiScaleFusion(nn.Module):
     """RD's one-class bottleneck: fuse the three levels at stride 16, then compress to stride 32."""
 
     def __init__(
-        self, channels: list[int], block: BlockKind = "bottleneck", num_blocks: int = 3, width_per_group: int = 64
+        self,
+        channels: list[int],
+        block: BlockKind = "bottleneck",
+        num_blocks: int = 3,
+        width_per_group: int = 64,
     ) -> None:
         super().__init__()
         _check_block(block, width_per_group)
@@ -69,10 +75,16 @@ class DeBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, upsample: nn.Module | None = None, base_width: int = 64) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, upsample: nn.Module | None = None, base_width: int = 64
+    ) -> None:
         super().__init__()
         width = planes * base_width // 64
-        middle = _deconv(width, width) if upsample is not None else nn.Conv2d(width, width, 3, padding=1, bias=False)
+        middle = (
+            _deconv(width, width)
+            if upsample is not None
+            else nn.Conv2d(width, width, 3, padding=1, bias=False)
+        )
         self.body = nn.Sequential(
             nn.Conv2d(inplanes, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             middle, nn.BatchNorm2d(width), nn.ReLU(inplace=True),
@@ -91,9 +103,15 @@ class DeBasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, upsample: nn.Module | None = None, base_width: int = 64) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, upsample: nn.Module | None = None, base_width: int = 64
+    ) -> None:
         super().__init__()
-        first = _deconv(inplanes, planes) if upsample is not None else nn.Conv2d(inplanes, planes, 3, padding=1, bias=False)
+        first = (
+            _deconv(inplanes, planes)
+            if upsample is not None
+            else nn.Conv2d(inplanes, planes, 3, padding=1, bias=False)
+        )
         self.body = nn.Sequential(
             first, nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
             nn.Conv2d(planes, planes, 3, padding=1, bias=False), nn.BatchNorm2d(planes),
@@ -152,7 +170,9 @@ class Student(nn.Module):
     ) -> None:
         super().__init__()
         self.bottleneck = MultiScaleFusion(channels, block, fusion_blocks, width_per_group)
-        self.decoder = Decoder(channels, self.bottleneck.out_channels, block, tuple(decoder_layers), width_per_group)
+        self.decoder = Decoder(
+            channels, self.bottleneck.out_channels, block, tuple(decoder_layers), width_per_group
+        )
         for m in self.modules():  # RD's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

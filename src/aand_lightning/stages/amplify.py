@@ -34,7 +34,9 @@ class AnomalyAmplification(AnomalyStage):
     ) -> None:
         super().__init__(optimizer, scheduler, fpr_limit)
         if not teacher.enabled:
-            raise ValueError("Stage 1 trains RAA, but raa.enabled=false; run stage=distill for the RD baseline.")
+            raise ValueError(
+                "Stage 1 trains RAA, but raa.enabled=false; run stage=distill for the RD baseline."
+            )
         self.teacher = teacher
         self.loss = loss
         self.anomaly_map = anomaly_map or AnomalyMapGenerator()
@@ -51,7 +53,9 @@ class AnomalyAmplification(AnomalyStage):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self._loss(batch, teacher_forcing=True)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["image"]))
+        self.log_dict(
+            {f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["image"])
+        )
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -59,10 +63,14 @@ class AnomalyAmplification(AnomalyStage):
             self.evaluate_batch(batch, self.val_metrics, with_pixels=False)
             return
         losses = self._loss(batch, teacher_forcing=False)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=len(batch["image"]))
+        self.log_dict(
+            {f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=len(batch["image"])
+        )
 
     def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gates = self.teacher(images).gates
         size = tuple(images.shape[-2:])
-        mean_gate = sum(F.interpolate(g, size=size, mode="bilinear", align_corners=True) for g in gates) / len(gates)
+        mean_gate = sum(
+            F.interpolate(g, size=size, mode="bilinear", align_corners=True) for g in gates
+        ) / len(gates)
         return self.anomaly_map.smooth_and_score(mean_gate)

@@ -44,7 +44,9 @@ class AnomalyStage(L.LightningModule):
         raise NotImplementedError
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_factory(params=[p for p in self.trainable().parameters() if p.requires_grad])
+        optimizer = self.optimizer_factory(
+            params=[p for p in self.trainable().parameters() if p.requires_grad]
+        )
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer)}}
@@ -52,7 +54,9 @@ class AnomalyStage(L.LightningModule):
     def _validate_on_test(self) -> bool:
         return bool(getattr(self.trainer.datamodule, "validate_on_test", False))
 
-    def evaluate_batch(self, batch: dict, metrics: AnomalyMetrics, with_pixels: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate_batch(
+        self, batch: dict, metrics: AnomalyMetrics, with_pixels: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         maps, scores = self.anomaly_maps(batch["image"])
         masks = batch["mask"][:, 0] > 0.5 if with_pixels else None
         metrics.update(scores, batch["label"], maps[:, 0] if with_pixels else None, masks)

@@ -32,7 +32,9 @@ class NormalityDistillation(AnomalyStage):
         fpr_limit: float = 0.3,
     ) -> None:
         super().__init__(optimizer, scheduler, fpr_limit)
-        self.save_hyperparameters({"model_config": model_config or {}, "threshold_quantile": threshold_quantile})
+        self.save_hyperparameters(
+            {"model_config": model_config or {}, "threshold_quantile": threshold_quantile}
+        )
         self.model = model
         self.loss = loss
         self.threshold_quantile = threshold_quantile

@@ -1,0 +1,102 @@
+"""One torchmetrics Metric that gathers a test set and reports image- and pixel-level anomaly metrics."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_auroc, binary_precision_recall_curve
+from torchmetrics.utilities import dim_zero_cat
+
+from aand_lightning.metrics.aupro import aupro, per_image_pro
+
+
+class AnomalyMetrics(Metric):
+    """Image AUROC / F1-max and, given maps and masks, pixel AUROC / F1-max, AUPRO and per-image PRO.
+
+    All metrics are exact (every distinct score is a threshold) and computed on the raw scores. States
+    are lists concatenated across processes, so the result under DDP equals the single-process one.
+    Maps are kept as float32 (the precision they are produced in) and masks as uint8 until compute().
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, fpr_limit: float = 0.3, compute_pixel: bool = True) -> None:
+        super().__init__()
+        self.fpr_limit = fpr_limit
+        self.compute_pixel = compute_pixel
+        for name in ("scores", "labels", "maps", "masks"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        maps: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> None:
+        """Add a batch: (B,) image scores and 0/1 labels, optionally (B, H, W) maps and masks."""
+        if (maps is None) != (masks is None):
+            raise ValueError("Pass maps and masks together, or neither of them.")
+        self.scores.append(scores.detach().flatten().float())
+        self.labels.append(labels.detach().flatten().long())
+        if self.compute_pixel and maps is not None and masks is not None:
+            _check_pixel_batch(maps, masks, len(self.scores[-1]))
+            self.maps.append(maps.detach().float())
+            # uint8, not bool: every torch.distributed backend can gather it, at the same memory cost.
+            self.masks.append((masks.detach() > 0.5).to(torch.uint8))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Return the metrics as 0-d float32 tensors; pixel keys only when maps and masks were given."""
+        scores, labels = dim_zero_cat(self.scores), dim_zero_cat(self.labels)
+        image_auroc, image_f1_max = _auroc_and_f1_max(scores, labels, "image")
+        results = {"image_auroc": image_auroc, "image_f1_max": image_f1_max}
+        if len(self.maps) > 0:  # a list before a DDP sync, a tensor after it
+            masks = dim_zero_cat(self.masks).bool()
+            results |= self._pixel_metrics(dim_zero_cat(self.maps), masks, len(scores))
+        return {name: torch.tensor(value, dtype=torch.float32) for name, value in results.items()}
+
+    def _pixel_metrics(self, maps: torch.Tensor, masks: torch.Tensor, n_images: int) -> dict[str, float]:
+        """Pixel AUROC / F1-max over all test pixels and both PRO variants."""
+        if len(maps) != n_images:
+            raise ValueError(
+                f"Pass maps and masks with every update or with none, "
+                f"got {len(maps)} maps for {n_images} images."
+            )
+        pixel_auroc, pixel_f1_max = _auroc_and_f1_max(maps.flatten(), masks.flatten().long(), "pixel")
+        return {
+            "pixel_auroc": pixel_auroc,
+            "pixel_f1_max": pixel_f1_max,
+            "aupro": aupro(maps, masks, self.fpr_limit),
+            "per_image_pro": per_image_pro(maps, masks, self.fpr_limit),
+        }
+
+
+def _check_pixel_batch(maps: torch.Tensor, masks: torch.Tensor, batch_size: int) -> None:
+    """Fail at update time, where the caller can still see which batch was wrong."""
+    if maps.ndim != 3 or maps.shape != masks.shape or len(maps) != batch_size:
+        raise ValueError(
+            f"Pass maps and masks as (B, H, W) tensors with B = {batch_size} scores, "
+            f"got {tuple(maps.shape)} and {tuple(masks.shape)}."
+        )
+
+
+def _auroc_and_f1_max(scores: torch.Tensor, labels: torch.Tensor, level: str) -> tuple[float, float]:
+    """Exact AUROC and best F1 over all thresholds; nan with a warning when only one class is present.
+
+    torchmetrics applies a sigmoid to scores outside [0, 1]. It is monotonic, but in float32 it would
+    merge distinct large scores into ties; in float64 order is kept for |score| up to about 20.
+    """
+    if labels.min() == labels.max():
+        warnings.warn(
+            f"Only one class in the {level} labels: {level} AUROC and F1-max are nan.", stacklevel=3
+        )
+        return math.nan, math.nan
+    scores = scores.double()
+    precision, recall, _ = binary_precision_recall_curve(scores, labels, thresholds=None)
+    f1 = (2 * precision * recall / (precision + recall)).nan_to_num(0.0)
+    return binary_auroc(scores, labels, thresholds=None).item(), f1.max().item()
