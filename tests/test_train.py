@@ -42,6 +42,9 @@ def test_stage_all_writes_metrics_teacher_checkpoints_and_heatmaps(stage_all):
             assert 0.0 <= record["metrics"][key] <= 1.0
         assert (stage_all / stage / "checkpoints" / "last.ckpt").is_file()
         assert len(list((stage_all / stage / "heatmaps").glob("*.png"))) == 3
+        assert (stage_all / stage / "roc.png").is_file() and (
+            stage_all / stage / "score_histogram.png"
+        ).is_file()
     assert (stage_all / "amplify" / "teacher.pt").is_file()
     combined = json.loads((stage_all / "metrics.json").read_text())
     assert [r["stage"] for r in combined] == ["amplify", "distill"]

@@ -17,9 +17,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from aand_lightning.callbacks.heatmaps import HeatmapWriter
+from aand_lightning.callbacks.score_plots import ScorePlots
 from aand_lightning.callbacks.teacher_handoff import ARTIFACT_NAME, TeacherHandoff, read_teacher
 from aand_lightning.config import config_dir
 from aand_lightning.data.datamodule import AnomalyDataModule
@@ -53,12 +55,13 @@ def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> 
         dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
     )
     heatmaps = HeatmapWriter(stage_dir / "heatmaps", cfg.evaluation.heatmaps)
+    plots = ScorePlots(stage_dir, f"{cfg.dataset.name}/{cfg.dataset.category} {stage_dir.name}")
     return instantiate(
         cfg.trainer,
         max_epochs=epochs,
         default_root_dir=str(stage_dir),
         logger=_loggers(cfg),
-        callbacks=[checkpoint, heatmaps, *callbacks],
+        callbacks=[checkpoint, heatmaps, plots, *callbacks],
     )
 
 
@@ -157,7 +160,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
         records.append(record)
     if "distill" in stages:
         records.append(run_distill(cfg, datamodule, run_dir, teacher_path))
-    if records:
+    if records and rank_zero_only.rank == 0:
         (run_dir / "metrics.json").write_text(json.dumps(records, indent=2))
         print(format_table(records))
     return records

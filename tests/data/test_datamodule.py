@@ -1,0 +1,89 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aand_lightning.data.datamodule import AnomalyDataModule, split_validation
+from aand_lightning.data.io import read_image
+from aand_lightning.data.mvtec import MVTecAD
+from aand_lightning.data.records import Sample
+from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
+from aand_lightning.data.transforms import denormalize, resize
+from aand_lightning.data.visa import VisA
+
+
+def _datamodule(source, **kwargs) -> AnomalyDataModule:
+    defaults = {"image_size": (24, 40), "batch_size": 2, "num_workers": 0, "val_fraction": 0.34}
+    dm = AnomalyDataModule(
+        source, synthesizer=AnomalySynthesizer(clean_probability=0.0), **(defaults | kwargs)
+    )
+    dm.setup("fit")
+    return dm
+
+
+def test_validation_is_held_out_train_never_test(mvtec_root):
+    dm = _datamodule(MVTecAD(mvtec_root, "bottle"))
+    assert len(dm.splits.train) == 2 and len(dm.val_samples) == 1
+    assert dm.val_samples[0].label == 0 and dm.val_samples[0] not in dm.splits.train
+    test_paths = {s.image for s in dm.splits.test}
+    assert dm.val_samples[0].image not in test_paths
+    assert len(dm.splits.test) == 5
+    assert dm.val_dataloader().dataset.samples == dm.val_samples
+    opt_in = _datamodule(MVTecAD(mvtec_root, "bottle"), validate_on_test=True)
+    assert len(opt_in.val_dataloader().dataset) == 5  # the authors' protocol: explicit opt-in only
+
+
+def test_split_validation_is_seeded():
+    samples = [Sample(Path(f"{i}.png"), 0) for i in range(20)]
+    a = split_validation(samples, 0.2, seed=1)
+    assert len(a[1]) == 4 and split_validation(samples, 0.2, seed=1) == a
+    assert split_validation(samples, 0.2, seed=2)[1] != a[1]
+    assert split_validation(samples, 0.0, seed=1) == (samples, [])
+
+
+def test_test_batches_on_non_square_visa(visa_root):
+    dm = _datamodule(VisA(visa_root, "candle"), val_fraction=0.0)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape == (2, 3, 24, 40) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (2, 1, 24, 40)
+    assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+    all_batches = list(dm.test_dataloader())
+    labels = torch.cat([b["label"] for b in all_batches])
+    masks = torch.cat([b["mask"] for b in all_batches])
+    assert labels.tolist() == [s.label for s in dm.splits.test]
+    assert all((m.sum() > 0) == bool(lbl) for m, lbl in zip(masks, labels, strict=True))  # label-index masks
+
+
+def test_mask_aligned_with_its_image_and_normalisation_inverts(mvtec_root):
+    dm = _datamodule(MVTecAD(mvtec_root, "bottle"), image_size=(12, 16))
+    dataset = dm.dataset(dm.splits.test, "test")
+    index = next(i for i, s in enumerate(dm.splits.test) if s.label == 1)
+    item = dataset[index]
+    mask = item["mask"][0].numpy().astype(bool)
+    assert mask[2:5, 3:7].all() and mask.sum() == 12  # exactly the fixture's 3x4 box
+    expected = resize((12, 16))(image=read_image(dm.splits.test[index].image))["image"]
+    restored = denormalize(item["image"][None], dm.mean, dm.std)[0]
+    assert np.abs(restored.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_synthetic_items_carry_mask_foreground_and_label(mvtec_root):
+    dm = _datamodule(MVTecAD(mvtec_root, "bottle"), image_size=32)
+    dataset = dm.dataset(dm.splits.train, "synthetic", fixed_seed=3)
+    item = dataset[0]
+    assert item["foreground"].shape == (1, 32, 32) and item["mask"].shape == (1, 32, 32)
+    assert item["label"] == int(item["mask"].any())
+    again = dataset[0]
+    assert torch.equal(item["image"], again["image"])  # fixed seed: stable validation items
+    clean = dm.dataset(dm.splits.train, "normal")[0]
+    changed = (item["image"] != clean["image"]).any(0)
+    assert not changed[item["mask"][0] == 0].any()  # pixels change only inside the synthetic mask
+
+
+def test_corrupt_train_image_is_skipped_with_a_warning(mvtec_root):
+    (mvtec_root / "bottle" / "train" / "good" / "999.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    with pytest.warns(UserWarning, match="999.png"):
+        dm = _datamodule(MVTecAD(mvtec_root, "bottle"), on_corrupt="skip")
+    assert len(dm.splits.train) + len(dm.val_samples) == 3
+    with pytest.raises(ValueError, match="999.png"):
+        _datamodule(MVTecAD(mvtec_root, "bottle"))
