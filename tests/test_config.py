@@ -20,6 +20,7 @@ GROUPS = [
     "trainer",
     "logger",
     "paths",
+    "sweep",
     "experiment",
 ]
 

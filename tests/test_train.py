@@ -57,8 +57,33 @@ def test_distill_reuses_a_stage1_teacher(stage_all, tmp_path):
     assert json.loads((run_dir / "distill" / "metrics.json").read_text())["stage"] == "distill"
 
 
+def test_stage2_sweep_reuses_the_cached_stage1_teacher(stage_all, tmp_path):
+    run_dir = tmp_path / "run_cached"
+    result = _train(stage_all.parent, run_dir, "stage=all", "loss.k_hard=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Reusing the cached stage-1 teacher" in (run_dir / "train.log").read_text()
+    assert not (run_dir / "amplify").exists()  # stage 1 did not run again
+    records = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["stage"] for r in records] == ["amplify", "distill"] and "cached_from" in records[0]
+    # a different stage-1 setting is a different teacher
+    other = _train(stage_all.parent, tmp_path / "run_other", "stage=amplify", "raa.temperature=0.5")
+    assert other.returncode == 0 and (tmp_path / "run_other" / "amplify" / "teacher.pt").is_file()
+
+
+def test_rd_baseline_with_the_authors_protocol_is_labelled(stage_all, tmp_path):
+    run_dir = tmp_path / "run_rd"
+    result = _train(
+        stage_all.parent, run_dir, "stage=distill", "raa=off", "loss=rd", "datamodule.validate_on_test=true"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((run_dir / "distill" / "metrics.json").read_text())
+    assert record["raa"] is False and record["protocol"] == "selected on test (authors)"
+    assert (run_dir / "distill" / "checkpoints" / "best.ckpt").is_file()
+    assert record["performance"]["inference_images_per_second"] > 0
+
+
 def test_distill_without_teacher_names_the_fix(stage_all, tmp_path):
-    result = _train(stage_all.parent, tmp_path / "run_missing", "stage=distill")
+    result = _train(stage_all.parent, tmp_path / "run_missing", "stage=distill", "teacher_cache=null")
     assert result.returncode != 0
     assert "teacher_ckpt=" in result.stderr
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+# Lets configs turn a list into a sweep value, e.g. every category of a dataset (conf/sweep/).
+OmegaConf.register_new_resolver("csv", lambda items: ",".join(map(str, items)), replace=True)
+
 
 def config_dir() -> Path:
     """The `conf/` folder: packaged copy first (wheel install), then the checkout's (editable install)."""

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
+import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -29,6 +32,7 @@ from aand_lightning.models.build import build_aand, build_amplified_teacher
 from aand_lightning.stages import AnomalyAmplification, NormalityDistillation
 from aand_lightning.stages.base import AnomalyStage
 from aand_lightning.summary import format_table
+from aand_lightning.teacher_cache import cached_teacher, stage1_fingerprint, store_teacher
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,17 @@ def _loggers(cfg: DictConfig) -> list:
 
 
 def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> L.Trainer:
+    """Checkpoint every epoch (last.ckpt, for resuming); with the authors' opt-in protocol also the
+    epoch with the best validation-on-test image AUROC (best.ckpt), which is then what gets tested."""
+    select_on_test = cfg.datamodule.validate_on_test
     checkpoint = ModelCheckpoint(
-        dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
+        dirpath=stage_dir / "checkpoints",
+        filename="best",
+        save_last=True,
+        save_top_k=1 if select_on_test else 0,
+        monitor="val/image_auroc" if select_on_test else None,
+        mode="max",
+        every_n_epochs=1,
     )
     heatmaps = HeatmapWriter(stage_dir / "heatmaps", cfg.evaluation.heatmaps)
     plots = ScorePlots(stage_dir, f"{cfg.dataset.name}/{cfg.dataset.category} {stage_dir.name}")
@@ -63,6 +76,14 @@ def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> 
         logger=_loggers(cfg),
         callbacks=[checkpoint, heatmaps, plots, *callbacks],
     )
+
+
+def _peak_memory_mb(module: AnomalyStage) -> dict[str, float]:
+    """Peak process RSS (Linux reports KiB) and, on CUDA, peak allocated device memory."""
+    peak = {"host_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if module.device.type == "cuda":
+        peak["cuda_allocated"] = torch.cuda.max_memory_allocated(module.device) / 2**20
+    return peak
 
 
 def _run_stage(
@@ -77,8 +98,10 @@ def _run_stage(
     OmegaConf.update(cfg, "current_stage", name)
     stage_dir = run_dir / name
     trainer = _trainer(cfg, stage_dir, cfg[name].epochs, callbacks)
+    start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    trainer.test(module, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+    trainer.test(module, datamodule=datamodule, ckpt_path="best" if cfg.datamodule.validate_on_test else None)
     record = {
         "stage": name,
         "dataset": cfg.dataset.name,
@@ -88,8 +111,18 @@ def _run_stage(
         "backbone": cfg.backbone.name,
         "raa": cfg.raa.enabled,
         "fpr_limit": cfg.evaluation.fpr_limit,
+        "protocol": "selected on test (authors)"
+        if cfg.datamodule.validate_on_test
+        else "no test-set selection",
         "metrics": module.test_results,
         "notes": METRIC_NOTES,
+        "performance": {
+            "fit_seconds": fit_seconds,
+            "epochs": cfg[name].epochs,
+            "inference_images_per_second": module.inference_images / max(module.inference_seconds, 1e-9),
+            "inference_batch_size": datamodule.eval_batch_size,
+            "peak_memory_mb": _peak_memory_mb(module),
+        },
     }
     if trainer.is_global_zero:
         (stage_dir / "metrics.json").write_text(json.dumps(record, indent=2))
@@ -151,13 +184,27 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     records = []
     teacher_path = Path(cfg.teacher_ckpt) if cfg.teacher_ckpt else None
     stages = list(cfg.stage.run)
-    if "amplify" in stages:
-        if not cfg.raa.enabled:
-            raise ValueError(
-                "stage=amplify trains RAA but raa.enabled=false; use stage=distill for the RD baseline."
+    key = stage1_fingerprint(cfg)
+    cached = cached_teacher(cfg.teacher_cache, key) if cfg.raa.enabled else None
+    if "amplify" in stages and not cfg.raa.enabled:
+        raise ValueError(
+            "stage=amplify trains RAA but raa.enabled=false; use stage=distill for the RD baseline."
+        )
+    if stages == ["amplify", "distill"] and cached is not None:
+        log.info("Reusing the cached stage-1 teacher %s (stage-1 config hash %s)", cached, key)
+        teacher_path = cached
+        if (cached.parent / "metrics.json").is_file():
+            records.append(
+                json.loads((cached.parent / "metrics.json").read_text()) | {"cached_from": str(cached)}
             )
+    elif "amplify" in stages:
         teacher_path, record = run_amplify(cfg, datamodule, run_dir)
         records.append(record)
+        if rank_zero_only.rank == 0:
+            store_teacher(cfg.teacher_cache, key, run_dir / "amplify")
+    elif teacher_path is None and cached is not None:
+        log.info("stage=distill uses the cached stage-1 teacher %s (stage-1 config hash %s)", cached, key)
+        teacher_path = cached
     if "distill" in stages:
         records.append(run_distill(cfg, datamodule, run_dir, teacher_path))
     if records and rank_zero_only.rank == 0:

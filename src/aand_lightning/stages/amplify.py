@@ -60,7 +60,7 @@ class AnomalyAmplification(AnomalyStage):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if self._validate_on_test():
-            self.evaluate_batch(batch, self.val_metrics, with_pixels=False)
+            self.validate_on_test_batch(batch)
             return
         losses = self._loss(batch, teacher_forcing=False)
         self.log_dict(

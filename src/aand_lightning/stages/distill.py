@@ -51,7 +51,7 @@ class NormalityDistillation(AnomalyStage):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         if self._validate_on_test():
-            self.evaluate_batch(batch, self.val_metrics, with_pixels=False)
+            self.validate_on_test_batch(batch)
             return
         out = self.model(batch["image"])
         loss = self.loss(out.teacher.amplified, out.student)
