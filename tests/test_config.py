@@ -101,3 +101,11 @@ def test_wheel_ships_configs_and_experiments(tmp_path):
     assert "aand_lightning/conf/train.yaml" in names
     assert "aand_lightning/conf/experiment/demo.yaml" in names
     assert "aand_lightning/conf/dataset/mvtec.yaml" in names
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"), [("slurm", "SlurmLauncher"), ("local_parallel", "JoblibLauncher")]
+)
+def test_cluster_launchers_are_configuration(launcher, target):
+    cfg = _compose([f"hydra/launcher={launcher}"])
+    assert cfg.hydra.launcher._target_.endswith(target)

@@ -9,8 +9,16 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from aand_lightning.visualization import score_plots, write_png
+
+
+def _gather(values: torch.Tensor, device: torch.device) -> np.ndarray:
+    """All ranks' values; ranks may hold different counts (the test set is split without padding)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values.numpy()
+    return torch.cat(gather_all_tensors(values.to(device))).cpu().numpy()
 
 
 class ScorePlots(Callback):
@@ -30,8 +38,8 @@ class ScorePlots(Callback):
         self._labels.append(batch["label"].detach().cpu())
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        scores = pl_module.all_gather(torch.cat(self._scores)).flatten().cpu().numpy()
-        labels = pl_module.all_gather(torch.cat(self._labels)).flatten().cpu().numpy()
+        scores = _gather(torch.cat(self._scores), pl_module.device)
+        labels = _gather(torch.cat(self._labels), pl_module.device)
         if not trainer.is_global_zero or len(np.unique(labels)) < 2:
             return
         roc, histogram = score_plots(scores, labels, self.title)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from aand_lightning.data.datasets import AnomalyDataset, Mode
@@ -95,11 +96,20 @@ class AnomalyDataModule(L.LightningDataModule):
         module = self.trainer.lightning_module if self.trainer is not None else None
         return bool(getattr(module, "synthetic_train", False))
 
-    def _loader(self, dataset: AnomalyDataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, dataset: AnomalyDataset, batch_size: int, shuffle: bool, unrepeated: bool = False
+    ) -> DataLoader:
+        sampler = None
+        if unrepeated and self.trainer is not None and self.trainer.world_size > 1:
+            # Every test image exactly once across ranks: padding duplicates would bias the metrics.
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle and len(dataset) > batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -128,4 +138,6 @@ class AnomalyDataModule(L.LightningDataModule):
             raise DatasetError(
                 f"Category {self.category!r} has no test image; check the test folder of dataset.root."
             )
-        return self._loader(self.dataset(self.splits.test, "test"), self.eval_batch_size, False)
+        return self._loader(
+            self.dataset(self.splits.test, "test"), self.eval_batch_size, False, unrepeated=True
+        )
