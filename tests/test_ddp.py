@@ -51,9 +51,5 @@ def test_ddp_stage_all_hands_over_the_teacher_and_writes_once(workdir):
     assert (run_dir / "amplify" / "teacher.pt").is_file()
     records = json.loads((run_dir / "metrics.json").read_text())
     assert [r["stage"] for r in records] == ["amplify", "distill"]
-    assert (
-        sorted(p.name for p in workdir.iterdir()) == ["cache", "ddp_all", "demo"]
-        or not (workdir / "outputs").exists()
-    )
     assert not (workdir / "outputs").exists() and not (workdir / "lightning_logs").exists()
     assert len(list((run_dir / "distill" / "csv").glob("version_*"))) == 1  # one logger dir, rank 0 only

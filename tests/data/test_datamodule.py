@@ -82,8 +82,8 @@ def test_synthetic_items_carry_mask_foreground_and_label(mvtec_root):
 
 def test_corrupt_train_image_is_skipped_with_a_warning(mvtec_root):
     (mvtec_root / "bottle" / "train" / "good" / "999.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
-    with pytest.warns(UserWarning, match="999.png"):
+    with pytest.warns(UserWarning, match=r"999\.png"):
         dm = _datamodule(MVTecAD(mvtec_root, "bottle"), on_corrupt="skip")
     assert len(dm.splits.train) + len(dm.val_samples) == 3
-    with pytest.raises(ValueError, match="999.png"):
+    with pytest.raises(ValueError, match=r"999\.png"):
         _datamodule(MVTecAD(mvtec_root, "bottle"))
