@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 # Lets configs turn a list into a sweep value, e.g. every category of a dataset (conf/sweep/).
 OmegaConf.register_new_resolver("csv", lambda items: ",".join(map(str, items)), replace=True)
+# A run id that is the same whenever the same run directory and stage are used (wandb resume).
+OmegaConf.register_new_resolver(
+    "stable_id", lambda *parts: hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:16], replace=True
+)
 
 
 def config_dir() -> Path:

@@ -140,6 +140,7 @@ def run_amplify(cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path) -
         instantiate(cfg.amplify.optimizer),
         instantiate(cfg.amplify.scheduler),
         fpr_limit=cfg.evaluation.fpr_limit,
+        seed=cfg.seed,
     )
     artifact = run_dir / "amplify" / ARTIFACT_NAME
     handoff = TeacherHandoff(artifact, cfg.backbone.name, _plain(cfg.raa))

@@ -69,12 +69,15 @@ def test_mask_aligned_with_its_image_and_normalisation_inverts(mvtec_root):
 
 def test_synthetic_items_carry_mask_foreground_and_label(mvtec_root):
     dm = _datamodule(MVTecAD(mvtec_root, "bottle"), image_size=32)
-    dataset = dm.dataset(dm.splits.train, "synthetic", fixed_seed=3)
+    dataset = dm.dataset(dm.splits.train, "synthetic")
     item = dataset[0]
     assert item["foreground"].shape == (1, 32, 32) and item["mask"].shape == (1, 32, 32)
     assert item["label"] == int(item["mask"].any())
-    again = dataset[0]
-    assert torch.equal(item["image"], again["image"])  # fixed seed: stable validation items
+    assert torch.equal(item["image"], dataset[(0, 0)]["image"])  # plain index = epoch 0: stable validation
+    assert torch.equal(
+        dataset[(3, 0)]["mask"], dataset[(3, 0)]["mask"]
+    )  # pure function of (seed, epoch, index)
+    assert any(not torch.equal(dataset[(e, 0)]["mask"], item["mask"]) for e in range(1, 6))  # new every epoch
     clean = dm.dataset(dm.splits.train, "normal")[0]
     changed = (item["image"] != clean["image"]).any(0)
     assert not changed[item["mask"][0] == 0].any()  # pixels change only inside the synthetic mask
@@ -87,3 +90,14 @@ def test_corrupt_train_image_is_skipped_with_a_warning(mvtec_root):
     assert len(dm.splits.train) + len(dm.val_samples) == 3
     with pytest.raises(ValueError, match=r"999\.png"):
         _datamodule(MVTecAD(mvtec_root, "bottle"))
+
+
+def test_train_sampler_is_seeded_per_epoch(mvtec_root):
+    dm = _datamodule(MVTecAD(mvtec_root, "bottle"), val_fraction=0.0, batch_size=1)
+    sampler = dm.train_dataloader().sampler
+    sampler.set_epoch(4)
+    first = list(sampler)
+    assert {epoch for epoch, _ in first} == {4} and sorted(i for _, i in first) == [0, 1, 2]
+    again = dm.train_dataloader().sampler
+    again.set_epoch(4)
+    assert list(again) == first  # a resumed run sees the same order

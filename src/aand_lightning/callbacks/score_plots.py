@@ -9,16 +9,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
-from torchmetrics.utilities.distributed import gather_all_tensors
 
+from aand_lightning.distributed import gather_uneven
 from aand_lightning.visualization import score_plots, write_png
-
-
-def _gather(values: torch.Tensor, device: torch.device) -> np.ndarray:
-    """All ranks' values; ranks may hold different counts (the test set is split without padding)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return values.numpy()
-    return torch.cat(gather_all_tensors(values.to(device))).cpu().numpy()
 
 
 class ScorePlots(Callback):
@@ -38,8 +31,8 @@ class ScorePlots(Callback):
         self._labels.append(batch["label"].detach().cpu())
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        scores = _gather(torch.cat(self._scores), pl_module.device)
-        labels = _gather(torch.cat(self._labels), pl_module.device)
+        scores = gather_uneven(torch.cat(self._scores).to(pl_module.device)).cpu().numpy()
+        labels = gather_uneven(torch.cat(self._labels).to(pl_module.device)).cpu().numpy()
         if not trainer.is_global_zero or len(np.unique(labels)) < 2:
             return
         roc, histogram = score_plots(scores, labels, self.title)

@@ -10,7 +10,7 @@ import numpy as np
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from aand_lightning.data.datasets import AnomalyDataset, Mode
+from aand_lightning.data.datasets import AnomalyDataset, EpochSampler, Mode
 from aand_lightning.data.io import check_samples
 from aand_lightning.data.records import DatasetError, Sample, SampleSource, Splits
 from aand_lightning.data.synthesis.foreground import ForegroundCache, select_rule
@@ -86,31 +86,32 @@ class AnomalyDataModule(L.LightningDataModule):
         train, self.val_samples = split_validation(train, self.val_fraction, self.seed)
         self.splits = Splits(train=train, test=check_samples(listed.test, self.on_corrupt))
 
-    def dataset(self, samples: Sequence[Sample], mode: Mode, fixed_seed: int | None = None) -> AnomalyDataset:
+    def dataset(self, samples: Sequence[Sample], mode: Mode) -> AnomalyDataset:
         return AnomalyDataset(
             samples, self.image_size, self.mean, self.std, mode,
-            self.synthesizer, self.foreground_rule, self.foreground_cache, fixed_seed,
+            self.synthesizer, self.foreground_rule, self.foreground_cache, self.seed,
         )  # fmt: skip
 
     def _wants_synthetic(self) -> bool:
         module = self.trainer.lightning_module if self.trainer is not None else None
         return bool(getattr(module, "synthetic_train", False))
 
-    def _loader(
-        self, dataset: AnomalyDataset, batch_size: int, shuffle: bool, unrepeated: bool = False
-    ) -> DataLoader:
-        sampler = None
-        if unrepeated and self.trainer is not None and self.trainer.world_size > 1:
-            # Every test image exactly once across ranks: padding duplicates would bias the metrics.
-            sampler = UnrepeatedDistributedSampler(
-                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
-            )
+    def _world(self) -> tuple[int, int]:
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+
+    def _loader(self, dataset: AnomalyDataset, batch_size: int, train: bool = False) -> DataLoader:
+        world_size, rank = self._world()
+        if train:  # resumable: order and synthesis depend only on (seed, epoch)
+            sampler = EpochSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed)
+        elif world_size > 1:  # every evaluation image exactly once: padding duplicates would bias metrics
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        else:
+            sampler = None
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             sampler=sampler,
-            drop_last=shuffle and len(dataset) > batch_size,
+            drop_last=train and len(dataset) > batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=False,
@@ -119,7 +120,7 @@ class AnomalyDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.splits is not None
         mode: Mode = "synthetic" if self._wants_synthetic() else "normal"
-        return self._loader(self.dataset(self.splits.train, mode), self.batch_size, shuffle=True)
+        return self._loader(self.dataset(self.splits.train, mode), self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         assert self.splits is not None
@@ -128,9 +129,7 @@ class AnomalyDataModule(L.LightningDataModule):
         if not self.val_samples:
             return []
         mode: Mode = "synthetic" if self._wants_synthetic() else "normal"
-        return self._loader(
-            self.dataset(self.val_samples, mode, fixed_seed=self.seed), self.eval_batch_size, False
-        )
+        return self._loader(self.dataset(self.val_samples, mode), self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         assert self.splits is not None
@@ -138,6 +137,4 @@ class AnomalyDataModule(L.LightningDataModule):
             raise DatasetError(
                 f"Category {self.category!r} has no test image; check the test folder of dataset.root."
             )
-        return self._loader(
-            self.dataset(self.splits.test, "test"), self.eval_batch_size, False, unrepeated=True
-        )
+        return self._loader(self.dataset(self.splits.test, "test"), self.eval_batch_size)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from aand_lightning.data.io import read_image, read_mask
 from aand_lightning.data.records import Sample
@@ -18,13 +18,25 @@ from aand_lightning.data.transforms import normalize, resize
 Mode = Literal["normal", "synthetic", "test"]
 
 
+class EpochSampler(DistributedSampler):
+    """Seeded per-epoch shuffle that also hands the epoch to the dataset: yields (epoch, index).
+
+    A DistributedSampler, so Lightning leaves it alone and calls `set_epoch`; the order and the
+    synthetic anomalies of every epoch depend only on the seed, so a resumed run sees the same data.
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, index) for index in super().__iter__())
+
+
 class AnomalyDataset(Dataset):
     """Items are dicts: image (3,H,W), mask (1,H,W), label, defect, path (+ foreground when synthetic).
 
     mode "normal": the files as they are (stage 2, validation); "test": with ground-truth masks;
-    "synthetic": a DRAEM-style anomaly is pasted inside the foreground (stage 1). Synthetic randomness
-    comes from torch's per-worker RNG (different every epoch, reproducible under a seed) unless
-    `fixed_seed` is set, which makes every item the same in every epoch (a stable validation set).
+    "synthetic": a DRAEM-style anomaly is pasted inside the foreground (stage 1). The anomaly of an
+    item is a pure function of (seed, epoch, index): indexed with `(epoch, index)` (see EpochSampler)
+    it changes every epoch yet is identical after resuming a run; a plain index means epoch 0 (a
+    stable validation set).
     """
 
     def __init__(
@@ -37,7 +49,7 @@ class AnomalyDataset(Dataset):
         synthesizer: AnomalySynthesizer | None = None,
         foreground_rule: ForegroundRule | None = None,
         foreground_cache: ForegroundCache | None = None,
-        fixed_seed: int | None = None,
+        seed: int = 0,
     ) -> None:
         if mode == "synthetic" and synthesizer is None:
             raise ValueError("Synthetic-anomaly data needs a synthesizer (the `synthesis` config group).")
@@ -48,17 +60,13 @@ class AnomalyDataset(Dataset):
         self.synthesizer = synthesizer
         self.foreground_rule = foreground_rule or ForegroundRule()
         self.foreground_cache = foreground_cache or ForegroundCache(None)
-        self.fixed_seed = fixed_seed
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _rng(self, index: int) -> np.random.Generator:
-        if self.fixed_seed is not None:
-            return np.random.default_rng((self.fixed_seed, index))
-        return np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         sample = self.samples[index]
         image = read_image(sample.image)
         if self.mode == "test" and sample.mask is not None:
@@ -71,7 +79,9 @@ class AnomalyDataset(Dataset):
         pixels = image.astype(np.float32) / 255.0
         if self.mode == "synthetic":
             foreground = self.foreground_cache.get(sample.image, image, self.foreground_rule)
-            pixels, mask = self.synthesizer(pixels, foreground, self._rng(index))
+            pixels, mask = self.synthesizer(
+                pixels, foreground, np.random.default_rng((self.seed, epoch, index))
+            )
             item["foreground"] = torch.from_numpy(foreground.astype(np.float32))[None]
             item["label"] = int(mask.any())
         item["image"] = normalize(pixels, self.mean, self.std)

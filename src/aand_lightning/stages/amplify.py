@@ -31,8 +31,10 @@ class AnomalyAmplification(AnomalyStage):
         scheduler: SchedulerFactory | None = None,
         anomaly_map: AnomalyMapGenerator | None = None,
         fpr_limit: float = 0.3,
+        seed: int = 0,
     ) -> None:
         super().__init__(optimizer, scheduler, fpr_limit)
+        self.seed = seed
         if not teacher.enabled:
             raise ValueError(
                 "Stage 1 trains RAA, but raa.enabled=false; run stage=distill for the RD baseline."
@@ -44,15 +46,21 @@ class AnomalyAmplification(AnomalyStage):
     def trainable(self) -> nn.Module:
         return self.teacher.raa
 
-    def _loss(self, batch: dict, teacher_forcing: bool) -> dict[str, torch.Tensor]:
+    def _loss(
+        self, batch: dict, teacher_forcing: bool, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             features = self.teacher.teacher(batch["image"])
         forced = self.loss.level_targets(batch["mask"], features) if teacher_forcing else None
         out = self.teacher.amplify(features, forced)
-        return self.loss(out.features, out.amplified, out.gates, batch["mask"], batch.get("foreground"))
+        return self.loss(
+            out.features, out.amplified, out.gates, batch["mask"], batch.get("foreground"), generator
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self._loss(batch, teacher_forcing=True)
+        # position subsets of L_amp drawn from (seed, step): identical after resuming
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.global_step)
+        losses = self._loss(batch, teacher_forcing=True, generator=generator)
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["image"])
         )

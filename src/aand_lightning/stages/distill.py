@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from aand_lightning.distributed import gather_uneven
 from aand_lightning.models.aand import AAND
 from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
 
@@ -61,7 +62,7 @@ class NormalityDistillation(AnomalyStage):
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         if self._val_scores:
-            scores = self.all_gather(torch.cat(self._val_scores)).flatten().float()
+            scores = gather_uneven(torch.cat(self._val_scores)).float()
             self.model.threshold.fill_(torch.quantile(scores, self.threshold_quantile).item())
             self._val_scores.clear()
 
