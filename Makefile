@@ -32,6 +32,9 @@ test-slow: install ## Run only the slow tests
 lint: install ## ruff
 	$(VENV)/bin/ruff check src tests benchmarks
 
+benchmark: install ## AAND vs RD baseline under PROTOCOL=quick (demo data, CPU) or paper (BENCH_ARGS="--root mvtec=...")
+	$(PY) benchmarks/run.py --protocol $(PROTOCOL) $(BENCH_ARGS)
+
 bench-aupro: install ## AUPRO speed: 100 maps of 256x256, ~300 regions, one core
 	$(PY) benchmarks/aupro_speed.py
 

@@ -1,64 +1,116 @@
+"""AnomalyMetrics: exact values, batch-independence, and which keys it reports."""
+
+from __future__ import annotations
+
+import math
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import rankdata
 
-from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics
+from aand_lightning.metrics import AnomalyMetrics
+from aand_lightning.metrics.aupro import aupro, per_image_pro
+
+IMAGE_KEYS = {"image_auroc", "image_f1_max"}
+PIXEL_KEYS = {"pixel_auroc", "pixel_f1_max", "aupro", "per_image_pro"}
 
 
-def _rank_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mann–Whitney U with tied ranks averaged."""
+def mann_whitney_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """AUROC as the Mann–Whitney U statistic, tied scores given their average rank."""
     ranks = rankdata(scores)
-    n_pos, n_neg = labels.sum(), (1 - labels).sum()
-    return (ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    positives, negatives = int(labels.sum()), int((1 - labels).sum())
+    u = ranks[labels == 1].sum() - positives * (positives + 1) / 2
+    return float(u / (positives * negatives))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_auroc_matches_rank_formula_on_raw_scores(seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, 200)
-    scores = np.round(rng.normal(labels * 0.7, 1.0) * 3 + 5, 1)  # outside [0, 1], with ties
-    metric = AnomalyMetrics(compute_pixel=False)
-    metric.update(torch.from_numpy(scores), torch.from_numpy(labels))
-    assert metric.compute()["image_auroc"].item() == pytest.approx(_rank_auroc(scores, labels), abs=1e-6)
+def pixel_test_set(seed: int, images: int = 6, size: int = 16):
+    """Maps, bool masks (first two images normal), image labels and image scores (max of the map)."""
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(images, size, size, dtype=torch.bool)
+    for image in range(2, images):
+        top, left = torch.randint(0, size - 4, (2,), generator=generator).tolist()
+        masks[image, top : top + 4, left : left + 3] = True
+    maps = torch.rand(images, size, size, generator=generator) + 0.4 * masks
+    labels = masks.flatten(1).any(dim=1).long()
+    return maps, masks, labels, maps.flatten(1).amax(dim=1)
 
 
-def test_batches_accumulate_like_one_batch_and_pixel_keys():
+def test_image_auroc_matches_mann_whitney_on_raw_scores_with_ties() -> None:
     rng = np.random.default_rng(0)
-    maps = torch.from_numpy(rng.random((6, 16, 16)).astype(np.float32))
-    masks = torch.zeros(6, 16, 16, dtype=torch.bool)
-    masks[3:, 4:9, 4:9] = True
-    maps[masks] += 0.5
-    scores, labels = maps.flatten(1).amax(1), torch.tensor([0, 0, 0, 1, 1, 1])
-
-    whole = AnomalyMetrics()
-    whole.update(scores, labels, maps, masks)
-    parts = AnomalyMetrics()
-    for i in range(0, 6, 2):
-        parts.update(scores[i : i + 2], labels[i : i + 2], maps[i : i + 2], masks[i : i + 2])
-    a, b = whole.compute(), parts.compute()
-    assert set(a) == {"image_auroc", "image_f1_max", "pixel_auroc", "pixel_f1_max", "aupro", "per_image_pro"}
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    pixel_auroc = _rank_auroc(maps.flatten().numpy(), masks.flatten().numpy().astype(int))
-    assert a["pixel_auroc"].item() == pytest.approx(pixel_auroc, abs=1e-6)
-
-    image_only = AnomalyMetrics(compute_pixel=False)
-    image_only.update(scores, labels, maps, masks)
-    assert set(image_only.compute()) == {"image_auroc", "image_f1_max"}
+    labels = np.array([0] * 30 + [1] * 20)
+    scores = np.round(rng.normal(3.0 + labels, 2.0), 1)  # outside [0, 1], with ties
+    metric = AnomalyMetrics()
+    metric.update(torch.from_numpy(scores).float(), torch.from_numpy(labels))
+    result = metric.compute()
+    assert result["image_auroc"].item() == pytest.approx(mann_whitney_auroc(scores, labels), abs=1e-6)
 
 
-def test_f1_max_hand_case():
-    # separable → 1.0; then a normal 0.85 outranks an anomaly: best is t = 0.8 → TP 2, FP 1 → F1 = 0.8
-    metric = AnomalyMetrics(compute_pixel=False)
-    metric.update(torch.tensor([0.1, 0.6, 0.8, 0.9, 0.3]), torch.tensor([0, 0, 1, 1, 0]))
-    assert metric.compute()["image_f1_max"].item() == pytest.approx(1.0)
-    metric = AnomalyMetrics(compute_pixel=False)
-    metric.update(torch.tensor([0.1, 0.85, 0.8, 0.9, 0.3]), torch.tensor([0, 0, 1, 1, 0]))
+def test_close_large_scores_are_not_merged() -> None:
+    scores = torch.tensor([10.0, 10.000001, 10.000002, 10.000003])
+    metric = AnomalyMetrics()
+    metric.update(scores, torch.tensor([0, 1, 0, 1]))
+    assert metric.compute()["image_auroc"].item() == pytest.approx(0.75)
+
+
+def test_f1_max_on_hand_made_case() -> None:
+    # Thresholds 0.8 / 0.4 / 0.35 / 0.1 give F1 2/3, 4/7, 4/5, 2/3: the best is 0.8.
+    metric = AnomalyMetrics()
+    metric.update(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
     assert metric.compute()["image_f1_max"].item() == pytest.approx(0.8)
 
 
-def test_one_class_gives_nan_with_warning():
-    metric = AnomalyMetrics(compute_pixel=False)
-    metric.update(torch.rand(4), torch.zeros(4, dtype=torch.long))
+def test_pixel_metrics_match_their_definitions() -> None:
+    maps, masks, labels, scores = pixel_test_set(1)
+    metric = AnomalyMetrics(fpr_limit=0.2)
+    metric.update(scores, labels, maps, masks)
+    result = metric.compute()
+    pixel_auroc = mann_whitney_auroc(maps.flatten().numpy(), masks.flatten().long().numpy())
+    assert result["pixel_auroc"].item() == pytest.approx(pixel_auroc, abs=1e-6)
+    assert result["aupro"].item() == pytest.approx(aupro(maps, masks, 0.2), abs=1e-6)
+    assert result["per_image_pro"].item() == pytest.approx(per_image_pro(maps, masks, 0.2), abs=1e-6)
+    assert 0.5 < result["pixel_f1_max"].item() <= 1.0
+
+
+def test_several_batches_equal_one_batch() -> None:
+    maps, masks, labels, scores = pixel_test_set(2)
+    whole, batched = AnomalyMetrics(), AnomalyMetrics()
+    whole.update(scores, labels, maps, masks)
+    for start in range(0, len(scores), 4):
+        part = slice(start, start + 4)
+        batched.update(scores[part], labels[part], maps[part], masks[part].float())
+    expected, result = whole.compute(), batched.compute()
+    assert set(result) == IMAGE_KEYS | PIXEL_KEYS
+    for key, value in expected.items():
+        assert result[key].item() == pytest.approx(value.item(), abs=1e-7), key
+
+
+def test_keys_with_and_without_pixel_data() -> None:
+    maps, masks, labels, scores = pixel_test_set(3)
+    image_only, pixels_off = AnomalyMetrics(), AnomalyMetrics(compute_pixel=False)
+    image_only.update(scores, labels)
+    pixels_off.update(scores, labels, maps, masks)
+    assert set(image_only.compute()) == IMAGE_KEYS
+    assert set(pixels_off.compute()) == IMAGE_KEYS
+
+
+def test_one_class_gives_nan_and_a_warning() -> None:
+    maps, _, _, scores = pixel_test_set(4)
+    metric = AnomalyMetrics()
+    metric.update(scores, torch.zeros(len(scores)), maps, torch.zeros(maps.shape, dtype=torch.bool))
     with pytest.warns(UserWarning, match="Only one class"):
-        assert torch.isnan(metric.compute()["image_auroc"])
+        result = metric.compute()
+    assert all(math.isnan(value.item()) for value in result.values())
+
+
+def test_inconsistent_pixel_data_raises() -> None:
+    maps, masks, labels, scores = pixel_test_set(5)
+    metric = AnomalyMetrics()
+    with pytest.raises(ValueError, match="together"):
+        metric.update(scores, labels, maps)
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        metric.update(scores, labels, maps[:2], masks[:2])
+    metric.update(scores, labels, maps, masks)
+    metric.update(scores, labels)
+    with pytest.raises(ValueError, match="every update"):
+        metric.compute()

@@ -1,6 +1,9 @@
-"""Evaluation metrics: exact AUROC / F1-max and AUPRO (dataset-level and per-image)."""
+"""Evaluation metrics: exact AUROC / F1-max and AUPRO (dataset-level and per-image).
+
+The PRO functions are imported from `aand_lightning.metrics.aupro`; they are not re-exported here
+because a function named `aupro` would shadow the module of the same name.
+"""
 
 from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics
-from aand_lightning.metrics.aupro import aupro, label_regions, per_image_pro
 
-__all__ = ["AnomalyMetrics", "aupro", "label_regions", "per_image_pro"]
+__all__ = ["AnomalyMetrics"]
