@@ -111,3 +111,23 @@ def test_wandb_logger_works_offline(stage_all, tmp_path, monkeypatch):
     assert list((offline_runs[0] / "files" / "media" / "images").rglob("*.png")), "no heatmaps logged"
     record = next(offline_runs[0].glob("run-*.wandb")).read_bytes()
     assert b"num_prototypes" in record and b"test/image_auroc" in record  # resolved config + metrics
+
+
+@pytest.mark.parametrize(
+    ("fast_path", "tolerance"),
+    [
+        (["performance.channels_last=true"], 1e-4),
+        (["trainer.precision=bf16-mixed"], 0.05),  # bf16 features; the map itself is computed in float32
+        pytest.param(["performance.compile=true"], 1e-3, marks=pytest.mark.slow),
+    ],
+)
+def test_fast_paths_keep_the_metrics(stage_all, tmp_path, fast_path, tolerance):
+    """Evaluation of the same (untrained, seeded) model with and without a fast path."""
+    common = ["stage=distill", "raa=off", "distill.epochs=0"]
+    reference = _train(stage_all.parent, tmp_path / "fp32", *common)
+    fast = _train(stage_all.parent, tmp_path / "fast", *common, *fast_path)
+    assert reference.returncode == 0 and fast.returncode == 0, fast.stderr[-3000:]
+    a = json.loads((tmp_path / "fp32" / "distill" / "metrics.json").read_text())["metrics"]
+    b = json.loads((tmp_path / "fast" / "distill" / "metrics.json").read_text())["metrics"]
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert b[key] == pytest.approx(a[key], abs=tolerance), key

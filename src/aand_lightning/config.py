@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 OmegaConf.register_new_resolver("csv", lambda items: ",".join(map(str, items)), replace=True)
 # A run id that is the same whenever the same run directory and stage are used (wandb resume).
 OmegaConf.register_new_resolver(
-    "stable_id", lambda *parts: hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:16], replace=True
+    "stable_id",
+    lambda *parts: hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:16],
+    replace=True,
 )
 
 

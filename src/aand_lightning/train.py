@@ -141,6 +141,7 @@ def run_amplify(cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path) -
         instantiate(cfg.amplify.scheduler),
         fpr_limit=cfg.evaluation.fpr_limit,
         seed=cfg.seed,
+        **cfg.performance,
     )
     artifact = run_dir / "amplify" / ARTIFACT_NAME
     handoff = TeacherHandoff(artifact, cfg.backbone.name, _plain(cfg.raa))
@@ -174,6 +175,7 @@ def run_distill(
         model_config=model_config,
         threshold_quantile=cfg.distill.threshold_quantile,
         fpr_limit=cfg.evaluation.fpr_limit,
+        **cfg.performance,
     )
     return _run_stage(cfg, "distill", module, datamodule, run_dir, [])
 

@@ -50,10 +50,13 @@ class AnomalyMapGenerator(nn.Module):
     def forward(
         self, teacher: list[torch.Tensor], student: list[torch.Tensor], image_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (maps (B,1,H,W), scores (B,))."""
+        """Return (maps (B,1,H,W), scores (B,)); computed in float32 even under bf16 autocast."""
         maps = sum(
             F.interpolate(
-                cosine_distance(t, s)[:, None], size=image_size, mode="bilinear", align_corners=True
+                cosine_distance(t.float(), s.float())[:, None],
+                size=image_size,
+                mode="bilinear",
+                align_corners=True,
             )
             for t, s in zip(teacher, student, strict=True)
         )

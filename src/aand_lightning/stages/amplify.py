@@ -32,8 +32,10 @@ class AnomalyAmplification(AnomalyStage):
         anomaly_map: AnomalyMapGenerator | None = None,
         fpr_limit: float = 0.3,
         seed: int = 0,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
-        super().__init__(optimizer, scheduler, fpr_limit)
+        super().__init__(optimizer, scheduler, fpr_limit, channels_last, compile)
         self.seed = seed
         if not teacher.enabled:
             raise ValueError(
@@ -45,6 +47,9 @@ class AnomalyAmplification(AnomalyStage):
 
     def trainable(self) -> nn.Module:
         return self.teacher.raa
+
+    def compile_targets(self) -> list[nn.Module]:
+        return [self.teacher.teacher, *self.teacher.raa]
 
     def _loss(
         self, batch: dict, teacher_forcing: bool, generator: torch.Generator | None = None

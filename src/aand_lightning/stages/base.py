@@ -30,8 +30,12 @@ class AnomalyStage(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         fpr_limit: float = 0.3,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_last = channels_last
+        self.compile_modules = compile
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.test_metrics = AnomalyMetrics(fpr_limit=fpr_limit)
@@ -42,6 +46,23 @@ class AnomalyStage(L.LightningModule):
 
     def trainable(self) -> nn.Module:
         raise NotImplementedError
+
+    def compile_targets(self) -> list[nn.Module]:
+        """The modules whose forward does the heavy work (compiled in place with `compile=True`)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        """Fast paths (`performance.*` in the config), off by default; state-dict keys stay unchanged."""
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        if self.compile_modules:
+            for module in self.compile_targets():
+                module.compile()
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
 
     def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -31,8 +31,10 @@ class NormalityDistillation(AnomalyStage):
         model_config: dict[str, Any] | None = None,
         threshold_quantile: float = 0.99,
         fpr_limit: float = 0.3,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
-        super().__init__(optimizer, scheduler, fpr_limit)
+        super().__init__(optimizer, scheduler, fpr_limit, channels_last, compile)
         self.save_hyperparameters(
             {"model_config": model_config or {}, "threshold_quantile": threshold_quantile}
         )
@@ -43,6 +45,9 @@ class NormalityDistillation(AnomalyStage):
 
     def trainable(self) -> nn.Module:
         return self.model.student
+
+    def compile_targets(self) -> list[nn.Module]:
+        return [self.model.teacher, self.model.student]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.model(batch["image"], with_map=False)
