@@ -1,0 +1,117 @@
+"""`python -m aand_lightning.export ckpt=<stage-2 checkpoint> format=onnx|torchscript [output=<file>]`.
+
+Exports the whole inference path — normalised image (B,3,H,W) → anomaly map (B,1,H,W) and score (B,),
+σ = 4 smoothing included — with a dynamic batch dimension, checks it numerically against PyTorch
+and writes a JSON sidecar with the preprocessing (image size, mean, std) and the threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from aand_lightning.checkpoint import load_model
+from aand_lightning.config import config_dir
+from aand_lightning.data.transforms import as_size
+from aand_lightning.models.aand import AAND
+
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+class InferencePath(nn.Module):
+    """AAND as a plain function of tensors, as exporters want: image → (map, score)."""
+
+    def __init__(self, model: AAND) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return out.maps, out.scores
+
+
+def export(model: AAND, image_size: tuple[int, int], fmt: str, path: Path, opset: int = 17) -> Path:
+    """Write the exported model; batch size stays dynamic."""
+    if fmt not in SUFFIX:
+        raise ValueError(f"Unknown export format {fmt!r}; pass format=onnx or format=torchscript.")
+    wrapper = InferencePath(model).eval()
+    example = torch.randn(2, 3, *image_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(wrapper, example), str(path))
+        else:
+            torch.onnx.export(
+                wrapper, (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=["image"], output_names=["anomaly_map", "score"],
+                dynamic_axes={"image": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}},
+            )  # fmt: skip
+    return path
+
+
+def run_exported(path: Path, fmt: str, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Run an exported model (onnxruntime for ONNX) on normalised images."""
+    if fmt == "torchscript":
+        with torch.no_grad():
+            maps, scores = torch.jit.load(str(path))(images)
+        return maps.numpy(), scores.numpy()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    maps, scores = session.run(None, {"image": images.numpy()})
+    return maps, scores
+
+
+def max_difference(
+    model: AAND, path: Path, fmt: str, image_size: tuple[int, int], batch_sizes=(1, 3)
+) -> float:
+    """Largest |exported − PyTorch| over the maps and scores of random inputs of several batch sizes."""
+    worst = 0.0
+    generator = torch.Generator().manual_seed(0)
+    for batch in batch_sizes:
+        images = torch.randn(batch, 3, *image_size, generator=generator)
+        with torch.no_grad():
+            out = model(images)
+        maps, scores = run_exported(path, fmt, images)
+        worst = max(
+            worst,
+            float(np.abs(maps - out.maps.numpy()).max()),
+            float(np.abs(scores - out.scores.numpy()).max()),
+        )
+    return worst
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
+def main(cfg: DictConfig) -> None:
+    model, config = load_model(cfg.ckpt)
+    image_size = as_size(config["image_size"])
+    path = Path(cfg.output) if cfg.output else Path(cfg.ckpt).with_suffix(SUFFIX[cfg.format])
+    export(model, image_size, cfg.format, path, cfg.opset)
+    threshold = float(model.threshold)
+    sidecar = {
+        "format": cfg.format, "input": "normalised RGB image (B, 3, H, W), float32",
+        "outputs": ["anomaly_map (B, 1, H, W)", "score (B,)"],
+        "image_size": list(image_size),
+        "mean": config["mean"], "std": config["std"],
+        "threshold": None if math.isnan(threshold) else threshold,
+    }  # fmt: skip
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    print(f"Exported {cfg.format} to {path} (preprocessing in {path.with_suffix('.json')})")
+    if cfg.verify:
+        difference = max_difference(model, path, cfg.format, image_size)
+        print(f"Max |exported − PyTorch| on random inputs (batch 1 and 3): {difference:.2e}")
+        if difference > cfg.tolerance:
+            raise SystemExit(
+                f"The exported model differs from PyTorch by {difference:.2e} > {cfg.tolerance}."
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""`python -m aand_lightning.predict ckpt=<stage-2 checkpoint> input=<image or folder> output=<folder>`.
+
+For every image: a heatmap overlay, a binary mask and a row of `scores.csv` (path, score, threshold,
+is_anomalous). The image score is the maximum of the smoothed map, so one threshold serves both the
+image decision (score > t) and the pixel mask (map > t): an image is anomalous exactly when its mask
+is not empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torchmetrics.functional.classification import binary_precision_recall_curve
+from tqdm import tqdm
+
+from aand_lightning.checkpoint import load_model
+from aand_lightning.config import config_dir
+from aand_lightning.data.io import GOOD, IMAGE_SUFFIXES, CorruptImageError, read_image
+from aand_lightning.data.transforms import as_size, normalize, resize
+from aand_lightning.models.aand import AAND
+from aand_lightning.visualization import heatmap_overlay, write_png
+
+
+class PredictError(ValueError):
+    """Bad predict input; the message names the fix."""
+
+
+def find_images(path: str | Path) -> list[Path]:
+    """One image, or every image below a folder (sorted, recursive, hidden files skipped)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise PredictError(f"Input {path} does not exist; pass input=<an image or a folder of images>.")
+    images = sorted(
+        p
+        for p in path.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+    if not images:
+        raise PredictError(f"Folder {path} holds no images; pass input=<a folder with png/jpg images>.")
+    return images
+
+
+def _batches(paths: Sequence[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(paths), size):
+        yield list(paths[start : start + size])
+
+
+def predict_images(
+    model: AAND,
+    config: dict,
+    paths: Sequence[Path],
+    batch_size: int = 8,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Iterator[tuple[Path, np.ndarray, np.ndarray, float]]:
+    """Yield (path, resized uint8 image, map HxW, score) per readable image; unreadable ones are skipped."""
+    transform = resize(as_size(config["image_size"]))
+    model = model.to(device)
+    with tqdm(total=len(paths), disable=not progress, desc="predict", unit="img") as bar:
+        for batch in _batches(paths, batch_size):
+            images, kept = [], []
+            for path in batch:
+                try:
+                    images.append(transform(image=read_image(path))["image"])
+                    kept.append(path)
+                except CorruptImageError as error:
+                    warnings.warn(f"Skipping {path}: {error}", stacklevel=2)
+            bar.update(len(batch))
+            if not kept:
+                continue
+            tensor = torch.stack(
+                [normalize(i.astype(np.float32) / 255.0, config["mean"], config["std"]) for i in images]
+            )
+            with torch.no_grad():
+                out = model(tensor.to(device))
+            for path, image, amap, score in zip(
+                kept, images, out.maps[:, 0].cpu().numpy(), out.scores.cpu().tolist(), strict=True
+            ):
+                yield path, image, amap, score
+
+
+def _scores(model: AAND, config: dict, paths: Sequence[Path], batch_size: int, device: str) -> np.ndarray:
+    return np.array([s for *_, s in predict_images(model, config, paths, batch_size, device, progress=False)])
+
+
+def choose_threshold(model: AAND, config: dict, cfg: DictConfig) -> float:
+    """The decision threshold of `cfg.threshold`: stored, a number, percentile or f1."""
+    mode = cfg.threshold
+    if isinstance(mode, (int, float)):
+        return float(mode)
+    if mode == "stored":
+        value = float(model.threshold)
+        if math.isnan(value):
+            raise PredictError(
+                "This checkpoint stores no threshold (it had no validation images); pass threshold=<number>, "
+                "or threshold=percentile / threshold=f1 with threshold_images=<folder>."
+            )
+        return value
+    if mode not in ("percentile", "f1"):
+        raise PredictError(f"Unknown threshold={mode!r}; pass stored, a number, percentile or f1.")
+    if not cfg.threshold_images:
+        kind = "normal" if mode == "percentile" else "labelled"
+        raise PredictError(f"threshold={mode} needs threshold_images=<folder> of {kind} images.")
+    paths = find_images(cfg.threshold_images)
+    scores = _scores(model, config, paths, cfg.batch_size, cfg.device)
+    if mode == "percentile":
+        return float(np.percentile(scores, cfg.threshold_percentile))
+    labels = np.array([0 if p.parent.name == GOOD else 1 for p in paths])
+    if labels.min() == labels.max():
+        raise PredictError(
+            "threshold=f1 needs a labelled folder with a good/ subfolder and defect subfolders."
+        )
+    precision, recall, thresholds = binary_precision_recall_curve(
+        torch.from_numpy(scores).double(), torch.from_numpy(labels), thresholds=None
+    )
+    f1 = (2 * precision * recall / (precision + recall)).nan_to_num(0.0)[:-1]
+    # the PR threshold t predicts score >= t; our decision is score > threshold: step just below t
+    return float(np.nextafter(thresholds[int(f1.argmax())].item(), -np.inf))
+
+
+def run(cfg: DictConfig) -> Path:
+    """Predict every input image; returns the path of scores.csv."""
+    model, config = load_model(cfg.ckpt)
+    paths = find_images(cfg.input)
+    threshold = choose_threshold(model, config, cfg)
+    output = Path(cfg.output)
+    (output / "overlays").mkdir(parents=True, exist_ok=True)
+    (output / "masks").mkdir(parents=True, exist_ok=True)
+    root = Path(cfg.input) if Path(cfg.input).is_dir() else Path(cfg.input).parent
+    with open(output / "scores.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("path", "score", "threshold", "is_anomalous"))
+        for path, image, amap, score in predict_images(model, config, paths, cfg.batch_size, cfg.device):
+            name = "__".join(path.relative_to(root).with_suffix("").parts)
+            overlay = heatmap_overlay(image, amap, (0.0, 2 * threshold), amap > threshold, score)
+            write_png(output / "overlays" / f"{name}.png", overlay)
+            write_png(
+                output / "masks" / f"{name}.png",
+                np.repeat(((amap > threshold) * 255).astype(np.uint8)[..., None], 3, 2),
+            )
+            writer.writerow((str(path), f"{score:.6f}", f"{threshold:.6f}", int(score > threshold)))
+    print(f"Predicted {len(paths)} images with threshold {threshold:.4f}: {output / 'scores.csv'}")
+    return output / "scores.csv"
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

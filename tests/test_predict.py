@@ -1,0 +1,75 @@
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from aand_lightning.checkpoint import load_model
+from aand_lightning.predict import PredictError, choose_threshold, find_images, predict_images, run
+
+
+def _cfg(ckpt: Path, input_path: Path, output: Path, **kwargs) -> OmegaConf:
+    base = {
+        "ckpt": str(ckpt), "input": str(input_path), "output": str(output), "batch_size": 4,
+        "device": "cpu", "threshold": "stored", "threshold_images": None, "threshold_percentile": 99,
+    }  # fmt: skip
+    return OmegaConf.create(base | kwargs)
+
+
+def test_predict_folder_writes_overlays_masks_and_scores(stage2_checkpoint, demo_root, tmp_path):
+    test_dir = demo_root / "brick" / "test"
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    scores_csv = run(_cfg(stage2_checkpoint, test_dir, tmp_path / "out"))
+    rows = list(csv.DictReader(scores_csv.open()))
+    assert len(rows) == len(find_images(test_dir)) == 25
+    model, _ = load_model(stage2_checkpoint)
+    assert all(float(r["threshold"]) == pytest.approx(float(model.threshold), rel=1e-5) for r in rows)
+    assert all(int(r["is_anomalous"]) == (float(r["score"]) > float(r["threshold"])) for r in rows)
+    assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 25
+    assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 25
+    with pytest.warns(UserWarning, match="broken.png"):
+        run(_cfg(stage2_checkpoint, tmp_path, tmp_path / "out2"))
+
+
+def test_threshold_modes(stage2_checkpoint, demo_root):
+    model, config = load_model(stage2_checkpoint)
+    test_dir = demo_root / "brick" / "test"
+    assert choose_threshold(model, config, _cfg(stage2_checkpoint, test_dir, "x", threshold=0.25)) == 0.25
+    good = sorted((test_dir / "good").glob("*.png"))
+    good_scores = np.array([s for *_, s in predict_images(model, config, good, progress=False)])
+    percentile = choose_threshold(
+        model,
+        config,
+        _cfg(
+            stage2_checkpoint, test_dir, "x", threshold="percentile", threshold_images=str(test_dir / "good")
+        ),
+    )
+    assert percentile == pytest.approx(np.percentile(good_scores, 99))
+    paths = find_images(test_dir)
+    scores = np.array([s for *_, s in predict_images(model, config, paths, progress=False)])
+    labels = np.array([p.parent.name != "good" for p in paths])
+    f1_threshold = choose_threshold(
+        model, config, _cfg(stage2_checkpoint, test_dir, "x", threshold="f1", threshold_images=str(test_dir))
+    )
+
+    def f1(t: float) -> float:
+        predicted = scores > t
+        tp = (predicted & labels).sum()
+        return 2 * tp / (predicted.sum() + labels.sum())
+
+    assert f1(f1_threshold) == pytest.approx(
+        max(f1(t - 1e-7) for t in scores), abs=1e-9
+    )  # best over all cuts
+
+
+def test_bad_inputs_name_the_fix(stage2_checkpoint, tmp_path):
+    with pytest.raises(PredictError, match="input="):
+        find_images(tmp_path / "missing")
+    with pytest.raises(PredictError, match="no images"):
+        find_images(tmp_path)
+    model, config = load_model(stage2_checkpoint)
+    with pytest.raises(PredictError, match="threshold_images="):
+        choose_threshold(model, config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="percentile"))
+    with pytest.raises(PredictError, match="Unknown threshold"):
+        choose_threshold(model, config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="median"))
