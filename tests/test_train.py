@@ -131,3 +131,16 @@ def test_fast_paths_keep_the_metrics(stage_all, tmp_path, fast_path, tolerance):
     b = json.loads((tmp_path / "fast" / "distill" / "metrics.json").read_text())["metrics"]
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         assert b[key] == pytest.approx(a[key], abs=tolerance), key
+
+
+def test_folder_dataset_without_test_split_trains_and_skips_evaluation(stage_all, tmp_path):
+    """A user's own folder of normal images, no test set: both stages train, nothing is evaluated."""
+    train_dir = stage_all.parent / "demo" / "brick" / "train" / "good"
+    run_dir = tmp_path / "run_folder"
+    result = _train(
+        stage_all.parent, run_dir, "stage=all", "dataset=folder", f"dataset.train_dir={train_dir}",
+        "dataset.category=my_parts", "teacher_cache=null",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "amplify" / "teacher.pt").is_file()
+    assert json.loads((run_dir / "distill" / "metrics.json").read_text())["metrics"] == {}

@@ -101,7 +101,14 @@ def _run_stage(
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     fit_seconds = time.perf_counter() - start
-    trainer.test(module, datamodule=datamodule, ckpt_path="best" if cfg.datamodule.validate_on_test else None)
+    if datamodule.has_test:
+        trainer.test(
+            module, datamodule=datamodule, ckpt_path="best" if cfg.datamodule.validate_on_test else None
+        )
+    else:
+        log.warning(
+            "No test images for %s: stage %s is trained but not evaluated.", cfg.dataset.category, name
+        )
     record = {
         "stage": name,
         "dataset": cfg.dataset.name,

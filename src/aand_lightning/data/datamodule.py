@@ -70,6 +70,12 @@ class AnomalyDataModule(L.LightningDataModule):
         self.val_samples: list[Sample] = []
 
     @property
+    def has_test(self) -> bool:
+        """Whether there is a test split (a folder dataset may have training images only)."""
+        self.setup()
+        return bool(self.splits.test)
+
+    @property
     def category(self) -> str:
         return self.source.category
 
