@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOCOL ?= quick
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint benchmark bench-aupro bench-synthesis clean
+.PHONY: help install demo test test-slow lint benchmark bench-speed bench-aupro bench-synthesis clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ lint: install ## ruff
 
 benchmark: install ## AAND vs RD baseline under PROTOCOL=quick (demo data, CPU) or paper (BENCH_ARGS="--root mvtec=...")
 	$(PY) benchmarks/run.py --protocol $(PROTOCOL) $(BENCH_ARGS)
+
+bench-speed: install ## Speed vs anomalib's RD (own env with anomalib), FLOPs, fast paths; SPEED_ARGS="--device cuda"
+	PY_BENCH=$$(bash benchmarks/anomalib_env.sh) && $$PY_BENCH -W ignore benchmarks/speed.py $(SPEED_ARGS)
 
 bench-aupro: install ## AUPRO speed: 100 maps of 256x256, ~300 regions, one core
 	$(PY) benchmarks/aupro_speed.py

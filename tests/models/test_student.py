@@ -49,3 +49,11 @@ def test_teacher_stays_frozen_in_train_mode():
     model.train()
     assert not model.teacher.training and model.student.training
     assert not any(p.requires_grad for p in model.teacher.parameters())
+
+
+def test_fusion_width_can_differ_from_the_decoder():
+    rd = Student([256, 512, 1024], "bottleneck", 3, (3, 4, 6), 128)
+    narrow = Student([256, 512, 1024], "bottleneck", 3, (3, 4, 6), 128, fusion_width_per_group=64)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(narrow.decoder) == count(rd.decoder)
+    assert round(count(rd.bottleneck) / 1e6, 1) == 58.9 and round(count(narrow.bottleneck) / 1e6, 1) == 30.8

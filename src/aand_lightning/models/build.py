@@ -43,5 +43,6 @@ def build_aand(
         fusion_blocks=student_cfg.get("fusion_blocks", 3),
         decoder_layers=tuple(student_cfg.get("decoder_layers", (3, 4, 6))),
         width_per_group=student_cfg.get("width_per_group", 64),
+        fusion_width_per_group=student_cfg.get("fusion_width_per_group"),
     )
     return AAND(teacher, student, AnomalyMapGenerator(**anomaly_map))

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Build the speed benchmark's own environment: anomalib (whose pins may differ from ours) + this
+# package, so benchmarks/speed.py can time both systems in one process. Prints the Python to use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENV=.cache/anomalib-venv
+if [ ! -x "$ENV/bin/python" ] || ! "$ENV/bin/python" -c "import anomalib, aand_lightning" 2>/dev/null; then
+  python3 -m venv "$ENV"
+  "$ENV/bin/pip" install --quiet --upgrade pip
+  "$ENV/bin/pip" install --quiet "torch<=2.14.1" "torchvision<=0.29.1" anomalib
+  "$ENV/bin/pip" install --quiet -e .
+fi
+echo "$ENV/bin/python"
