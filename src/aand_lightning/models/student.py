@@ -70,7 +70,21 @@ def _deconv(cin: int, cout: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2, bias=False)
 
 
-class DeBottleneck(nn.Module):
+class _UpsamplingResidual(nn.Module):
+    """relu(body(x) + shortcut(x)); subclasses build `body`, the shortcut upsamples when needed."""
+
+    def __init__(self, body: nn.Sequential, upsample: nn.Module | None) -> None:
+        super().__init__()
+        self.body = body
+        self.upsample = upsample
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.upsample is None else self.upsample(x)
+        return self.relu(self.body(x) + identity)
+
+
+class DeBottleneck(_UpsamplingResidual):
     """Bottleneck whose 3×3 conv becomes a 2×2 transposed conv when it upsamples."""
 
     expansion = 4
@@ -78,27 +92,21 @@ class DeBottleneck(nn.Module):
     def __init__(
         self, inplanes: int, planes: int, upsample: nn.Module | None = None, base_width: int = 64
     ) -> None:
-        super().__init__()
         width = planes * base_width // 64
         middle = (
             _deconv(width, width)
             if upsample is not None
             else nn.Conv2d(width, width, 3, padding=1, bias=False)
         )
-        self.body = nn.Sequential(
+        body = nn.Sequential(
             nn.Conv2d(inplanes, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             middle, nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, planes * self.expansion, 1, bias=False), nn.BatchNorm2d(planes * self.expansion),
         )  # fmt: skip
-        self.upsample = upsample
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.upsample is None else self.upsample(x)
-        return self.relu(self.body(x) + identity)
+        super().__init__(body, upsample)
 
 
-class DeBasicBlock(nn.Module):
+class DeBasicBlock(_UpsamplingResidual):
     """Basic block whose first 3×3 conv becomes a 2×2 transposed conv when it upsamples."""
 
     expansion = 1
@@ -106,22 +114,16 @@ class DeBasicBlock(nn.Module):
     def __init__(
         self, inplanes: int, planes: int, upsample: nn.Module | None = None, base_width: int = 64
     ) -> None:
-        super().__init__()
         first = (
             _deconv(inplanes, planes)
             if upsample is not None
             else nn.Conv2d(inplanes, planes, 3, padding=1, bias=False)
         )
-        self.body = nn.Sequential(
+        body = nn.Sequential(
             first, nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
             nn.Conv2d(planes, planes, 3, padding=1, bias=False), nn.BatchNorm2d(planes),
         )  # fmt: skip
-        self.upsample = upsample
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.upsample is None else self.upsample(x)
-        return self.relu(self.body(x) + identity)
+        super().__init__(body, upsample)
 
 
 class Decoder(nn.Module):
