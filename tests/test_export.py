@@ -33,5 +33,5 @@ def test_export_cli_writes_sidecar(stage2_checkpoint, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Max |exported − PyTorch|" in result.stdout
-    sidecar = json.loads(output.with_suffix(".json").read_text())
+    sidecar = json.loads(output.with_name("model.onnx.json").read_text())
     assert sidecar["image_size"] == [64, 64] and len(sidecar["mean"]) == 3 and sidecar["threshold"] > 0

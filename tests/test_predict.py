@@ -73,3 +73,6 @@ def test_bad_inputs_name_the_fix(stage2_checkpoint, tmp_path):
         choose_threshold(model, config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="percentile"))
     with pytest.raises(PredictError, match="Unknown threshold"):
         choose_threshold(model, config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="median"))
+    model.threshold.fill_(float("nan"))  # a checkpoint trained without validation images
+    with pytest.raises(PredictError, match="threshold=<number>"):
+        choose_threshold(model, config, _cfg(stage2_checkpoint, tmp_path, "x"))

@@ -102,8 +102,9 @@ def main(cfg: DictConfig) -> None:
         "mean": config["mean"], "std": config["std"],
         "threshold": None if math.isnan(threshold) else threshold,
     }  # fmt: skip
-    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
-    print(f"Exported {cfg.format} to {path} (preprocessing in {path.with_suffix('.json')})")
+    sidecar_path = path.with_name(path.name + ".json")  # model.onnx.json: onnx and .pt sidecars never clash
+    sidecar_path.write_text(json.dumps(sidecar, indent=2))
+    print(f"Exported {cfg.format} to {path} (preprocessing in {sidecar_path})")
     if cfg.verify:
         difference = max_difference(model, path, cfg.format, image_size)
         print(f"Max |exported − PyTorch| on random inputs (batch 1 and 3): {difference:.2e}")
