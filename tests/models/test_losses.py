@@ -7,6 +7,7 @@ from aand_lightning.models.losses import (
     HardKnowledgeDistillationLoss,
     amplification_loss,
     focal_loss,
+    random_subset,
 )
 
 
@@ -48,6 +49,27 @@ def test_amplification_loss_respects_sample_limits():
         features, features, anomalous, ~anomalous, max_normal=3, max_anomalous=2, generator=gen
     )
     assert torch.isclose(value, torch.tensor(0.3))
+
+
+def test_random_subset_picks_only_selected_uniformly():
+    selected = torch.zeros(200, dtype=torch.bool)
+    selected[::2] = True
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(200)
+    for _ in range(400):
+        index, valid = random_subset(selected, 10, gen)
+        assert valid.all() and selected[index].all() and index.unique().numel() == 10
+        counts[index] += 1
+    assert counts[1::2].sum() == 0
+    assert counts[::2].min() > 15 and counts[::2].max() < 65  # Binomial(400, 0.1): 40 ± 6
+
+
+def test_random_subset_with_fewer_selected_than_limit_marks_the_rest_invalid():
+    selected = torch.zeros(10, dtype=torch.bool)
+    selected[[1, 4, 7]] = True
+    index, valid = random_subset(selected, 5)
+    assert index.numel() == 5 and valid.sum() == 3
+    assert sorted(index[valid].tolist()) == [1, 4, 7]
 
 
 def test_stage1_loss_combines_levels_with_weights():

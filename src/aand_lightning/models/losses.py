@@ -21,13 +21,24 @@ def focal_loss(prob: torch.Tensor, target: torch.Tensor, alpha: float = 0.8, gam
     return (positive + negative).mean()
 
 
-def _sample_positions(selected: torch.Tensor, limit: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Indices of up to `limit` random True entries of a flat bool tensor."""
-    index = selected.nonzero().squeeze(1)
-    if index.numel() > limit:
-        perm = torch.randperm(index.numel(), generator=generator, device="cpu")[:limit].to(index.device)
-        index = index[perm]
-    return index
+def random_subset(
+    selected: torch.Tensor, limit: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, valid): a uniform random subset of up to `limit` True entries of a flat bool tensor.
+
+    The result always has min(limit, numel) entries, so no shape depends on the data and nothing
+    waits for the device: random keys rank every True entry above every False one, and `valid` says
+    which picks are True (fewer than `limit` when few entries are selected).
+    """
+    keys = torch.rand(selected.shape, generator=generator, device=selected.device) + selected
+    index = keys.topk(min(limit, selected.numel()), sorted=False).indices
+    return index, selected[index]
+
+
+def _positions(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(k, C) feature vectors at flat (batch, y, x) positions, gathered without copying the whole map."""
+    flat = features.flatten(2)
+    return flat[index // flat.shape[2], :, index % flat.shape[2]]
 
 
 def amplification_loss(
@@ -43,18 +54,16 @@ def amplification_loss(
     """Push amplified anomalies at least `margin` further (in cosine) from normal features than before.
 
     features/amplified: (B,C,H,W); anomalous/normal: (B,1,H,W) bool position masks of this level.
-    Returns 0 when the batch has no anomalous or no normal position.
+    The mean runs over the valid (normal, anomalous) pairs; with none it is 0 (graph kept for DDP).
     """
-    flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-    flat_amp = amplified.permute(0, 2, 3, 1).reshape(-1, amplified.shape[1])
-    anom_idx = _sample_positions(anomalous.flatten(), max_anomalous, generator)
-    norm_idx = _sample_positions(normal.flatten(), max_normal, generator)
-    if anom_idx.numel() == 0 or norm_idx.numel() == 0:
-        return amplified.sum() * 0.0  # keeps the graph (DDP) while contributing nothing
-    normal_f = F.normalize(flat[norm_idx], dim=1, eps=1e-8)
-    before = normal_f @ F.normalize(flat[anom_idx], dim=1, eps=1e-8).T
-    after = normal_f @ F.normalize(flat_amp[anom_idx], dim=1, eps=1e-8).T
-    return F.relu(after - (before - margin)).mean()
+    anom_idx, anom_valid = random_subset(anomalous.flatten(), max_anomalous, generator)
+    norm_idx, norm_valid = random_subset(normal.flatten(), max_normal, generator)
+    normal_f = F.normalize(_positions(features, norm_idx), dim=1, eps=1e-8)
+    anomalous_f = F.normalize(_positions(features, anom_idx), dim=1, eps=1e-8)
+    amplified_f = F.normalize(_positions(amplified, anom_idx), dim=1, eps=1e-8)
+    change = normal_f @ (amplified_f - anomalous_f).T  # S_A − S in one product
+    pairs = (norm_valid[:, None] & anom_valid[None, :]).to(change.dtype)
+    return (F.relu(change + margin) * pairs).sum() / pairs.sum().clamp_min(1.0)
 
 
 class AmplificationLoss(nn.Module):

@@ -63,8 +63,8 @@ class AnomalyAmplification(AnomalyStage):
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        # position subsets of L_amp drawn from (seed, step): identical after resuming
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.global_step)
+        # position subsets of L_amp drawn on the device from (seed, step): identical after resuming
+        generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + self.global_step)
         losses = self._loss(batch, teacher_forcing=True, generator=generator)
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["image"])
