@@ -48,3 +48,15 @@ def test_forced_gate_pools_and_thresholds():
     mask[..., 4, 4] = 1  # 1/16 of a cell → below 0.3
     gate = forced_gate(mask, (2, 2))
     assert gate[0, 0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
+
+
+def test_raa_compiles_to_one_graph_without_recompiling():
+    """`performance.compile`: one graph per shape (a Python-side cache would force a recompile)."""
+    torch._dynamo.reset()
+    raa = ResidualAnomalyAmplifier(16, num_prototypes=5)
+    compiled = torch.compile(raa, backend="eager", fullgraph=True)
+    features = torch.randn(2, 16, 6, 7)
+    compiled(features)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again, _ = compiled(features)
+    assert torch.allclose(again, raa(features)[0])

@@ -105,7 +105,8 @@ class AnomalyDataModule(L.LightningDataModule):
     def _world(self) -> tuple[int, int]:
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
 
-    def _loader(self, dataset: AnomalyDataset, batch_size: int, train: bool = False) -> DataLoader:
+    def loader(self, dataset: AnomalyDataset, batch_size: int, train: bool = False) -> DataLoader:
+        """The loader every split uses; `train` makes it resumable (order from seed and epoch only)."""
         world_size, rank = self._world()
         if train:  # resumable: order and synthesis depend only on (seed, epoch)
             sampler = EpochSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed)
@@ -126,7 +127,7 @@ class AnomalyDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.splits is not None
         mode: Mode = "synthetic" if self._wants_synthetic() else "normal"
-        return self._loader(self.dataset(self.splits.train, mode), self.batch_size, train=True)
+        return self.loader(self.dataset(self.splits.train, mode), self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         assert self.splits is not None
@@ -135,7 +136,7 @@ class AnomalyDataModule(L.LightningDataModule):
         if not self.val_samples:
             return []
         mode: Mode = "synthetic" if self._wants_synthetic() else "normal"
-        return self._loader(self.dataset(self.val_samples, mode), self.eval_batch_size)
+        return self.loader(self.dataset(self.val_samples, mode), self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         assert self.splits is not None
@@ -143,4 +144,4 @@ class AnomalyDataModule(L.LightningDataModule):
             raise DatasetError(
                 f"Category {self.category!r} has no test image; check the test folder of dataset.root."
             )
-        return self._loader(self.dataset(self.splits.test, "test"), self.eval_batch_size)
+        return self.loader(self.dataset(self.splits.test, "test"), self.eval_batch_size)

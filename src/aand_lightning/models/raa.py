@@ -9,20 +9,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def sinusoidal_position_encoding(channels: int, height: int, width: int) -> torch.Tensor:
-    """Fixed 2-D encoding (1, C, H, W): first C/2 channels encode x, last C/2 y; sin/cos interleaved."""
+def sinusoidal_position_encoding(
+    channels: int,
+    height: int,
+    width: int,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Fixed 2-D encoding (1, C, H, W): first C/2 channels encode x, last C/2 y; sin/cos interleaved.
+
+    Built from tensor ops on the target device at every call (cheap next to the MLPs): no host copy,
+    and nothing cached that `torch.compile` would have to guard on.
+    """
     if channels % 4:
         raise ValueError(f"2-D sinusoidal encoding needs channels divisible by 4, got {channels}.")
     half = channels // 2
-    freq = torch.exp(torch.arange(0, half, 2, dtype=torch.float32) * (-math.log(10000.0) / half))
-    x = torch.arange(width, dtype=torch.float32)[:, None] * freq  # (W, half/2)
-    y = torch.arange(height, dtype=torch.float32)[:, None] * freq  # (H, half/2)
-    pe = torch.zeros(channels, height, width)
-    pe[0:half:2] = torch.sin(x).T[:, None, :].expand(-1, height, -1)
-    pe[1:half:2] = torch.cos(x).T[:, None, :].expand(-1, height, -1)
-    pe[half::2] = torch.sin(y).T[:, :, None].expand(-1, -1, width)
-    pe[half + 1 :: 2] = torch.cos(y).T[:, :, None].expand(-1, -1, width)
-    return pe[None]
+    freq = torch.exp(torch.arange(0, half, 2, device=device) * (-math.log(10000.0) / half))
+
+    def axis(length: int) -> torch.Tensor:  # (half, length): sin, cos, sin, cos, ... per frequency
+        angle = freq[:, None] * torch.arange(length, device=device)
+        return torch.stack([angle.sin(), angle.cos()], dim=1).reshape(half, length)
+
+    x = axis(width)[:, None, :].expand(half, height, width)
+    y = axis(height)[:, :, None].expand(half, height, width)
+    return torch.cat([x, y])[None].to(dtype)
 
 
 def pointwise_mlp(channels: int, hidden: int) -> nn.Sequential:
@@ -61,18 +71,11 @@ class ResidualAnomalyAmplifier(nn.Module):
         self.residual = pointwise_mlp(channels, hidden)
         # First half "normal", second half "abnormal" prototypes.
         self.prototypes = nn.Parameter(torch.randn(2 * num_prototypes, channels))
-        self._pe_cache: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
-
-    def position_encoding(self, features: torch.Tensor) -> torch.Tensor:
-        key = (*features.shape[-2:], features.device, features.dtype)
-        if key not in self._pe_cache:
-            pe = sinusoidal_position_encoding(features.shape[1], *features.shape[-2:])
-            self._pe_cache[key] = pe.to(device=features.device, dtype=features.dtype)
-        return self._pe_cache[key]
 
     def gate(self, features: torch.Tensor) -> torch.Tensor:
         """Soft probability (B,1,H,W) in (0,1) that a patch matches the abnormal prototypes."""
-        query = F.normalize(self.query(features + self.position_encoding(features)), dim=1, eps=self.eps)
+        pe = sinusoidal_position_encoding(*features.shape[1:], features.device, features.dtype)
+        query = F.normalize(self.query(features + pe), dim=1, eps=self.eps)
         keys = F.normalize(self.prototypes, dim=1, eps=self.eps)
         similarity = torch.einsum("bchw,kc->bkhw", query, keys.to(query.dtype))
         attention = torch.softmax(similarity / self.temperature, dim=1)
