@@ -81,7 +81,9 @@ class _UpsamplingResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.upsample is None else self.upsample(x)
-        return self.relu(self.body(x) + identity)
+        out = self.body(x)
+        out += identity  # in place, like torchvision's blocks: one fewer full-size tensor per block
+        return self.relu(out)
 
 
 class DeBottleneck(_UpsamplingResidual):
