@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import importlib.metadata as md
+import itertools
 import os
 import resource
 import statistics
@@ -30,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from aand_lightning.config import config_dir
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
 from aand_lightning.models.build import build_aand, build_amplified_teacher
 from aand_lightning.models.losses import (
@@ -70,9 +73,14 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+@functools.cache
+def _train_config() -> DictConfig:
+    return OmegaConf.load(config_dir() / "train.yaml")
+
+
 def configured_optimizer(stage: str, params) -> torch.optim.Optimizer:
     """The optimizer conf/train.yaml gives a stage (Adam, fused)."""
-    return instantiate(OmegaConf.load(ROOT / "conf" / "train.yaml")[stage].optimizer)(params)
+    return instantiate(_train_config()[stage].optimizer)(params)
 
 
 class System:
@@ -240,31 +248,22 @@ def fast_paths(device: torch.device, images: torch.Tensor, repeats: int, compile
     Rows: (name, train times or None, inference times, max |map − fp32 eager map|).
     """
     size = images.shape[-1]
-    variants = {name: System("ours_aand", device, size, *flags) for name, flags in FAST_PATHS.items()}
-    for variant in variants.values():  # identical weights: the map differences are numerics only
-        variant.model.load_state_dict(variants["fp32 eager"].model.state_dict())
-    infer = {name: (lambda v=v: v.infer(images)[0]) for name, v in variants.items()}
-    train = {name: (lambda v=v: v.train_step(images)) for name, v in variants.items()}
+    trainable = {name: System("ours_aand", device, size, *flags) for name, flags in FAST_PATHS.items()}
+    inferable = dict(trainable)
     if compile_too:
         compiled = System("ours_aand", device, size)
-        compiled.model.load_state_dict(variants["fp32 eager"].model.state_dict())
         compiled.model.teacher.compile()
         compiled.model.student.compile()
-        infer["torch.compile (inference)"] = lambda: compiled.infer(images)[0]
-    maps = {name: fn() for name, fn in infer.items()}  # warm-up (and compilation), before any training
-    for fn in train.values():
-        fn()
-    infer_times: dict[str, list[float]] = {name: [] for name in infer}
-    train_times: dict[str, list[float]] = {name: [] for name in train}
-    for _ in range(repeats):
-        for name, fn in train.items():
-            train_times[name].append(timed(fn, device))
-        for name, fn in infer.items():
-            infer_times[name].append(timed(fn, device))
+        inferable["torch.compile (inference)"] = compiled
+    for system in inferable.values():  # identical weights: the map differences are numerics only
+        system.model.load_state_dict(trainable["fp32 eager"].model.state_dict())
+    maps = {name: system.infer(images)[0] for name, system in inferable.items()}  # before any training
+    train = measure(trainable, images, repeats, "train", device)
+    infer = measure(inferable, images, repeats, "infer", device)
     reference = maps["fp32 eager"]
     return [
-        (name, train_times.get(name), infer_times[name], (maps[name].float() - reference).abs().max().item())
-        for name in infer
+        (name, train.get(name), infer[name], (maps[name].float() - reference).abs().max().item())
+        for name in inferable
     ]
 
 
@@ -315,15 +314,10 @@ def loader_throughput(batch: int, size: int, batches: int = 10) -> list[tuple[st
                 datamodule.setup()
                 dataset = datamodule.dataset(datamodule.splits.train, mode)
                 loader = datamodule.loader(dataset, batch, train=True)
-                count, start = 0, None
-                while count < batches * batch:
-                    for images in loader:
-                        if start is None:  # the first batch pays for starting the workers
-                            start, count = time.perf_counter(), 0
-                            continue
-                        count += len(images["image"])
-                        if count >= batches * batch:
-                            break
+                stream = itertools.chain.from_iterable(itertools.repeat(loader))  # epoch after epoch
+                next(stream)  # the first batch pays for starting the workers
+                start = time.perf_counter()
+                count = sum(len(b["image"]) for b in itertools.islice(stream, batches))
                 stage = "stage 1 (synthesis)" if mode == "synthetic" else "stage 2 (normal images)"
                 rows.append((stage, workers, count / (time.perf_counter() - start)))
     return rows
