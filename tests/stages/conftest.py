@@ -28,6 +28,13 @@ class SyntheticBatches(Dataset):
 
 
 @pytest.fixture
+def resnet18_backbone() -> dict:
+    """A tiny untrained teacher with RD's resnet18 student (basic blocks)."""
+    return {"name": "resnet18", "weights": "none",
+            "student": {"block": "basic", "fusion_blocks": 2, "decoder_layers": [2, 2, 2]}}  # fmt: skip
+
+
+@pytest.fixture
 def loader() -> DataLoader:
     return DataLoader(SyntheticBatches(), batch_size=2)
 

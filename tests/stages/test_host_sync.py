@@ -28,8 +28,6 @@ SYNCING = {
     torch.ops.aten.equal.default,
     torch.ops.aten._unique2.default,
 }
-RESNET18 = {"name": "resnet18", "weights": "none",
-            "student": {"block": "basic", "fusion_blocks": 2, "decoder_layers": [2, 2, 2]}}  # fmt: skip
 
 
 class SyncRecorder(TorchDispatchMode):
@@ -59,25 +57,25 @@ class RecordTrainingStep(L.Callback):
         self.recorder.__exit__(None, None, None)
 
 
-def _stage(name: str) -> L.LightningModule:
+def _stage(name: str, backbone: dict) -> L.LightningModule:
     torch.manual_seed(0)
     adam = partial(torch.optim.Adam, lr=1e-3)
     if name == "amplify":
-        teacher = build_amplified_teacher({"name": "resnet18", "weights": "none"}, {"num_prototypes": 4})
+        teacher = build_amplified_teacher(backbone, {"num_prototypes": 4})
         return AnomalyAmplification(teacher, AmplificationLoss(max_normal=40, max_anomalous=20), adam)
     loss = HardKnowledgeDistillationLoss() if name == "distill" else CosineDistillationLoss()
-    model = build_aand(RESNET18, {"num_prototypes": 4, "enabled": name == "distill"}, {"sigma": 4.0})
+    model = build_aand(backbone, {"num_prototypes": 4, "enabled": name == "distill"}, {"sigma": 4.0})
     return NormalityDistillation(model, loss, adam)
 
 
 @pytest.mark.parametrize("stage", ["amplify", "distill", "distill_rd"])
-def test_training_step_has_no_host_sync(stage, loader, tmp_path):
+def test_training_step_has_no_host_sync(stage, loader, resnet18_backbone, tmp_path):
     callback = RecordTrainingStep()
     trainer = L.Trainer(
         max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[callback],
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
     )  # fmt: skip
-    trainer.fit(_stage(stage), train_dataloaders=loader)
+    trainer.fit(_stage(stage, resnet18_backbone), train_dataloaders=loader)
     assert callback.recorder.syncing == []
 
 
