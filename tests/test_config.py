@@ -109,3 +109,10 @@ def test_wheel_ships_configs_and_experiments(tmp_path):
 def test_cluster_launchers_are_configuration(launcher, target):
     cfg = _compose([f"hydra/launcher={launcher}"])
     assert cfg.hydra.launcher._target_.endswith(target)
+
+
+@pytest.mark.parametrize("dataset", ["mvtec", "mvtec3d"])
+def test_sweep_and_reader_share_the_yaml_category_list(dataset):
+    cfg = _compose([f"dataset={dataset}", "sweep=all_categories"])
+    swept = cfg.hydra.sweeper.params["dataset.category"].split(",")
+    assert swept == list(cfg.dataset.categories) == list(cfg.dataset.source.categories)

@@ -211,3 +211,53 @@ def test_list_images_is_sorted_and_skips_hidden_and_other_files(tmp_path, write_
     (tmp_path / "sub.png").mkdir()
     assert [path.name for path in list_images(tmp_path)] == ["a.jpg", "b.PNG"]
     assert list_images(tmp_path / "missing") == []
+
+
+def test_check_samples_warns_per_anomalous_image_with_empty_mask(tmp_path, write_png, noise):
+    image = write_png(tmp_path / "img.png", noise)
+    empty = [write_png(tmp_path / f"empty{i}_mask.png", np.zeros((32, 48), np.uint8)) for i in range(2)]
+    drawn = write_png(tmp_path / "drawn_mask.png", noise[..., 0])
+    samples = [Sample(image, 0), *(Sample(image, 1, "scratch", mask) for mask in (*empty, drawn))]
+    with pytest.warns(UserWarning) as records:
+        assert check_samples(samples) == samples
+    messages = [str(record.message) for record in records]
+    assert len(messages) == 2
+    for mask, message in zip(empty, messages, strict=True):
+        assert str(mask) in message and "empty" in message
+
+
+def _palette(path: Path) -> Path:
+    img = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), mode="P")
+    img.putpalette([10, 20, 30, 200, 150, 100] + [0] * 762)
+    img.save(path)
+    return path
+
+
+def test_check_samples_warns_once_with_a_count_per_conversion(tmp_path, write_png, noise):
+    gray16 = write_png(tmp_path / "gray16.png", np.full((4, 4), 40000, np.uint16))
+    rgb16 = tmp_path / "rgb16.png"
+    cv2.imwrite(str(rgb16), np.full((4, 4, 3), 40000, np.uint16))  # Pillow decodes it as 8-bit RGB
+    palette = _palette(tmp_path / "palette.png")
+    rgb = write_png(tmp_path / "rgb.png", noise)
+    mask = _palette(tmp_path / "palette_mask.png")  # masks are not converted images
+    samples = [Sample(rgb, 0), Sample(gray16, 0), Sample(palette, 1, "dent", mask), Sample(rgb16, 0)]
+    with pytest.warns(UserWarning) as records:
+        check_samples(samples)
+    assert [str(record.message) for record in records] == [
+        f"Converted 3 image(s) to 8-bit RGB: 2 16-bit, 1 palette (first: {gray16})."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pixels", "mode", "kind"),
+    [
+        (np.zeros((2, 2), np.uint8), "L", "grayscale"),
+        (np.zeros((2, 2, 4), np.uint8), "RGBA", "with alpha"),
+        (np.zeros((2, 2, 2), np.uint8), "LA", "with alpha"),
+    ],
+)
+def test_check_samples_names_other_conversions(tmp_path, pixels, mode, kind):
+    path = tmp_path / "x.png"
+    Image.fromarray(pixels, mode=mode).save(path)
+    with pytest.warns(UserWarning, match=f": 1 {kind} "):
+        check_samples([Sample(path, 0)])

@@ -7,9 +7,9 @@ import shutil
 import pytest
 from hydra.utils import instantiate
 
-from aand_lightning.data.mvtec import CATEGORIES, MVTecAD
+from aand_lightning.data.mvtec import MVTecAD
 from aand_lightning.data.records import DatasetError
-from aand_lightning.data.synthesis.foreground import select_rule
+from aand_lightning.data.synthesis.foreground import ForegroundRule, select_rule
 
 
 def test_splits_counts_labels_and_order(mvtec_root):
@@ -38,10 +38,28 @@ def test_masks_are_paired_by_name_not_order(mvtec_root):
     assert {s.defect for s in test} == {"good", "broken_large", "contamination"}
 
 
-def test_unknown_category_lists_valid_ones(mvtec_root, one_sentence):
-    with pytest.raises(DatasetError, match="carpet, grid") as caught:
-        MVTecAD(mvtec_root, "bottles").splits()
-    one_sentence(str(caught.value))
+def test_any_category_folder_in_mvtec_layout_is_read(mvtec_root):
+    (mvtec_root / "bottle").rename(mvtec_root / "my_part")
+    splits = MVTecAD(mvtec_root, "my_part", categories=("bottle", "cable")).splits()
+    assert len(splits.train) == 3 and len(splits.test) == 5
+    assert all(s.image.is_relative_to(mvtec_root / "my_part") for s in splits.train + splits.test)
+
+
+@pytest.mark.parametrize(
+    ("category", "known", "suggestion"),
+    [("bottles", (), "bottle"), ("screws", ("screw", "zipper"), "screw"), ("zzz", ("screw",), None)],
+)
+def test_missing_category_suggests_a_close_folder_or_known_name(
+    mvtec_root, one_sentence, category, known, suggestion
+):
+    with pytest.raises(DatasetError, match=category) as caught:
+        MVTecAD(mvtec_root, category, categories=known).splits()
+    message = str(caught.value)
+    if suggestion:
+        assert f"(did you mean '{suggestion}'?)" in message
+    else:
+        assert "did you mean" not in message
+    one_sentence(message)
 
 
 def test_missing_root_says_which_override(tmp_path, one_sentence):
@@ -91,13 +109,16 @@ def test_config_builds_the_reader_and_covers_every_category(dataset_config, mvte
     source = instantiate(cfg.dataset.source)
     assert isinstance(source, MVTecAD) and source.category == "bottle"
     assert len(source.splits().train) == 3
-    assert tuple(cfg.dataset.categories) == CATEGORIES
-    assert set(cfg.dataset.foreground_rules) == {"default", *CATEGORIES}
-    rules = {c: select_rule(cfg.dataset.foreground_rules, c) for c in CATEGORIES}
-    assert {c for c, r in rules.items() if r.kind == "whole"} == {*CATEGORIES[:5], "transistor"}
+    categories = tuple(cfg.dataset.categories)
+    assert source.categories == categories and len(categories) == 15
+    assert set(cfg.dataset.foreground_rules) == {"default", *categories}
+    rules = {c: select_rule(cfg.dataset.foreground_rules, c) for c in categories}
+    textures = {"carpet", "grid", "leather", "tile", "wood"}
+    assert {c for c, r in rules.items() if r.kind == "whole"} == {*textures, "transistor"}
     assert rules["screw"].invert and rules["screw"].threshold == 150
     assert rules["cable"].kind == "disc" and rules["cable"].radius == 0.45
     assert rules["pill"].kind == "threshold" and rules["pill"].threshold == 50 and not rules["pill"].invert
+    assert select_rule(cfg.dataset.foreground_rules, "my_part") == ForegroundRule("threshold", threshold=50)
 
 
 def test_default_root_uses_data_dir(dataset_config, tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra.utils import instantiate
 
-from aand_lightning.data.mvtec3d import CATEGORIES, MVTec3DRGB
+from aand_lightning.data.mvtec3d import MVTec3DRGB
 from aand_lightning.data.records import DatasetError
-from aand_lightning.data.synthesis.foreground import select_rule
+from aand_lightning.data.synthesis.foreground import ForegroundRule, select_rule
 
 
 def test_splits_read_rgb_only(mvtec3d_root):
@@ -46,12 +46,21 @@ def test_empty_train_folder(mvtec3d_root):
         MVTec3DRGB(mvtec3d_root, "foam").splits()
 
 
-def test_unknown_category_missing_root_and_missing_category(mvtec3d_root, tmp_path, one_sentence):
-    with pytest.raises(DatasetError, match="cable_gland") as caught:
-        MVTec3DRGB(mvtec3d_root, "gland").splits()
+def test_any_category_folder_in_mvtec3d_layout_is_read(mvtec3d_root):
+    (mvtec3d_root / "foam").rename(mvtec3d_root / "my_part")
+    splits = MVTec3DRGB(mvtec3d_root, "my_part").splits()
+    assert len(splits.train) == 2 and [s.label for s in splits.test] == [1, 1, 0, 0]
+
+
+def test_close_category_suggested_missing_root_and_missing_category(mvtec3d_root, tmp_path, one_sentence):
+    with pytest.raises(DatasetError, match=r"\(did you mean 'cable_gland'\?\)") as caught:
+        MVTec3DRGB(mvtec3d_root, "cable-gland", categories=("bagel", "cable_gland")).splits()
     one_sentence(str(caught.value))
-    with pytest.raises(DatasetError, match=r"dataset\.root="):
+    with pytest.raises(DatasetError, match=r"\(did you mean 'foam'\?\)"):
+        MVTec3DRGB(mvtec3d_root, "Foam").splits()
+    with pytest.raises(DatasetError, match=r"dataset\.root=") as caught:
         MVTec3DRGB(tmp_path / "nowhere", "foam").splits()
+    one_sentence(str(caught.value))
     with pytest.raises(DatasetError, match="tire"):
         MVTec3DRGB(mvtec3d_root, "tire").splits()
 
@@ -60,8 +69,10 @@ def test_config_builds_the_reader_with_spec_rules(dataset_config, mvtec3d_root, 
     cfg = dataset_config("mvtec3d", tmp_path, f"dataset.root={mvtec3d_root}", "dataset.category=foam")
     source = instantiate(cfg.dataset.source)
     assert isinstance(source, MVTec3DRGB) and len(source.splits().test) == 4
-    assert tuple(cfg.dataset.categories) == CATEGORIES
-    rules = {c: select_rule(cfg.dataset.foreground_rules, c) for c in CATEGORIES}
+    categories = tuple(cfg.dataset.categories)
+    assert source.categories == categories and len(categories) == 10
+    rules = {c: select_rule(cfg.dataset.foreground_rules, c) for c in (*categories, "my_part")}
     assert {c for c, r in rules.items() if r.kind == "rect"} == {"foam", "tire"}
     assert rules["tire"].extent == 0.7
     assert all(r.threshold == 50 for c, r in rules.items() if c not in ("foam", "tire"))
+    assert rules["my_part"] == ForegroundRule("threshold", threshold=50)

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from aand_lightning.data.io import read_image, read_mask
 from aand_lightning.data.records import DatasetError
 from aand_lightning.data.synthesis.foreground import select_rule
-from aand_lightning.data.visa import CATEGORIES, VisA
+from aand_lightning.data.visa import VisA
 
 NORMAL = "candle/Data/Images/Normal"
 ANOMALY = "candle/Data/Images/Anomaly"
@@ -94,15 +94,26 @@ def test_inconsistent_rows(visa_root, visa_csv_writer, one_sentence, row, messag
     one_sentence(str(caught.value))
 
 
-def test_category_without_rows(visa_root):
+def test_category_without_rows(visa_root, one_sentence):
     (visa_root / "pcb1").mkdir()
-    with pytest.raises(DatasetError, match="no row for pcb1"):
+    with pytest.raises(DatasetError, match="no row for pcb1") as caught:
         VisA(visa_root, "pcb1").splits()
+    assert "did you mean" not in str(caught.value)
+    one_sentence(str(caught.value))
 
 
-def test_unknown_category_and_missing_root(visa_root, tmp_path):
-    with pytest.raises(DatasetError, match="macaroni1"):
-        VisA(visa_root, "macaroni").splits()
+def test_any_object_of_the_csv_is_read(visa_root, visa_csv_writer):
+    image = "my_part/Data/Images/Normal/0000.JPG"
+    (visa_root / image).parent.mkdir(parents=True)
+    shutil.copy(visa_root / NORMAL / "0000.JPG", visa_root / image)
+    visa_csv_writer(visa_root / "split_csv" / "1cls.csv", [["my_part", "train", "normal", image, ""]])
+    assert [s.image for s in VisA(visa_root, "my_part").splits().train] == [visa_root / image]
+
+
+def test_close_csv_object_is_suggested_and_missing_root(visa_root, tmp_path, one_sentence):
+    with pytest.raises(DatasetError, match=r"no row for candles \(did you mean 'candle'\?\)") as caught:
+        VisA(visa_root, "candles").splits()
+    one_sentence(str(caught.value))
     with pytest.raises(DatasetError, match=r"dataset\.root="):
         VisA(tmp_path / "nowhere", "candle").splits()
 
@@ -112,11 +123,12 @@ def test_config_builds_the_reader_with_spec_rules(dataset_config, visa_root, tmp
     source = instantiate(cfg.dataset.source)
     assert isinstance(source, VisA) and source.split_csv == visa_root / "split_csv" / "1cls.csv"
     assert len(source.splits().train) == 3
-    assert tuple(cfg.dataset.categories) == CATEGORIES
-    thresholds = {c: select_rule(cfg.dataset.foreground_rules, c).threshold for c in CATEGORIES}
+    categories = tuple(cfg.dataset.categories)
+    assert len(categories) == 12
+    thresholds = {c: select_rule(cfg.dataset.foreground_rules, c).threshold for c in categories}
     assert {c for c, t in thresholds.items() if t == 150} == {
         "candle", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1"
     }  # fmt: skip
     assert {c for c, t in thresholds.items() if t == 100} == {"pcb2", "pcb3", "pipe_fryum", "capsules"}
-    assert thresholds["pcb4"] == 50
-    assert [c for c in CATEGORIES if select_rule(cfg.dataset.foreground_rules, c).invert] == ["capsules"]
+    assert thresholds["pcb4"] == 50 and select_rule(cfg.dataset.foreground_rules, "my_part").threshold == 50
+    assert [c for c in categories if select_rule(cfg.dataset.foreground_rules, c).invert] == ["capsules"]

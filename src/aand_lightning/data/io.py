@@ -7,10 +7,13 @@ dataloader worker.
 
 from __future__ import annotations
 
+import difflib
 import struct
 import warnings
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -76,10 +79,6 @@ def _mask_array(img: Image.Image) -> np.ndarray:
     return (pixels[..., colour] > 0).any(axis=-1)
 
 
-def _discard(img: Image.Image) -> None:
-    """Checking a file only needs the decode itself."""
-
-
 def read_image(path: Path) -> np.ndarray:
     """Read an image as uint8 HxWx3 RGB, whatever its mode (grayscale, RGBA, palette, 16-bit)."""
     return _decoded(path, _rgb_array)
@@ -99,37 +98,90 @@ def read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     return resized > 0
 
 
-def _first_error(sample: Sample) -> CorruptImageError | None:
-    """The first unreadable file of a sample (image, then mask), if any."""
-    for path in (sample.image, sample.mask):
-        if path is None:
-            continue
-        try:
-            _decoded(path, _discard)
-        except CorruptImageError as err:
-            return err
-    return None
+def _discard(img: Image.Image) -> None:
+    """Checking an image only needs the decode itself; its kind comes from the header."""
+
+
+def _conversion(path: Path) -> str | None:
+    """What read_image turns `path` into 8-bit RGB from, named for the warning; None if it already is.
+
+    Read from the header, not the pixels: Pillow itself decodes 16-bit RGB as 8-bit RGB.
+    """
+    with Image.open(path) as img:
+        raw = img.tile[0][3] if img.tile else img.mode
+        raw_mode = str(raw[0] if isinstance(raw, tuple) else raw)
+        if img.mode in _WIDE_GRAY_MODES or ";16" in raw_mode:
+            return "16-bit"
+        if img.mode in ("P", "PA"):
+            return "palette"
+        if "A" in img.getbands() or "transparency" in img.info:
+            return "with alpha"
+        if img.mode in ("L", "1"):
+            return "grayscale"
+        return None if img.mode == "RGB" else img.mode
+
+
+@dataclass(frozen=True)
+class _Check:
+    """What decoding one sample found: an unreadable file, else the image's conversion and mask state."""
+
+    error: CorruptImageError | None = None
+    conversion: str | None = None
+    empty_mask: bool = False
+
+
+def _check(sample: Sample) -> _Check:
+    """Decode the image, then the mask; stop at the first unreadable file."""
+    try:
+        _decoded(sample.image, _discard)
+        empty_mask = sample.mask is not None and not _decoded(sample.mask, _mask_array).any()
+    except CorruptImageError as err:
+        return _Check(error=err)
+    return _Check(conversion=_conversion(sample.image), empty_mask=empty_mask)
+
+
+def _warn_data(checked: list[tuple[Sample, _Check]]) -> None:
+    """One warning per anomalous image with an all-zero mask, one for all converted images."""
+    for sample, check in checked:
+        if check.empty_mask:
+            warnings.warn(
+                f"Mask {sample.mask} of anomalous image {sample.image} is empty (all zero), so pixel "
+                "metrics count the whole image as normal; draw the defect into the mask or label the image "
+                "normal.",
+                stacklevel=3,
+            )
+    converted = [(sample.image, check.conversion) for sample, check in checked if check.conversion]
+    if converted:
+        kinds = ", ".join(f"{count} {kind}" for kind, count in Counter(k for _, k in converted).most_common())
+        warnings.warn(
+            f"Converted {len(converted)} image(s) to 8-bit RGB: {kinds} (first: {converted[0][0]}).",
+            stacklevel=3,
+        )
 
 
 def check_samples(samples: list[Sample], on_corrupt: str = "error") -> list[Sample]:
     """Decode every image and mask once, up front, and keep the readable samples.
 
-    on_corrupt="error" raises the first CorruptImageError; "skip" warns once per bad sample.
+    on_corrupt="error" raises the first CorruptImageError; "skip" warns once per bad sample. The
+    readable samples are then warned about: anomalous images with empty masks, and images that
+    read_image converts (grayscale, alpha, palette, 16-bit), counted per kind.
     Decoding runs in threads because Pillow releases the GIL while it decodes.
     """
     if on_corrupt not in ON_CORRUPT:
         raise DatasetError(f"datamodule.on_corrupt is {on_corrupt!r}; set it to 'error' or 'skip'.")
     with ThreadPoolExecutor() as pool:
-        errors = list(pool.map(_first_error, samples))
+        checks = list(pool.map(_check, samples))
     readable = []
-    for sample, error in zip(samples, errors, strict=True):
-        if error is None:
-            readable.append(sample)
+    for sample, check in zip(samples, checks, strict=True):
+        if check.error is None:
+            readable.append((sample, check))
         elif on_corrupt == "error":
-            raise error
+            raise check.error
         else:
+            error = check.error
             warnings.warn(f"Skipping unreadable file {error.path} ({error.reason}).", stacklevel=2)
-    return readable
+    _warn_data(readable)
+    return [sample for sample, _ in readable]
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -159,23 +211,34 @@ def require_images(folder: Path, fix: str) -> list[Path]:
     return images
 
 
-def category_dir(root: Path, category: str, categories: Sequence[str], dataset: str, layout: str) -> Path:
-    """`root/category` of a dataset with a fixed category list, checked in the order a user fixes it."""
-    if category not in categories:
-        raise DatasetError(
-            f"Unknown {dataset} category {category!r}; "
-            f"set dataset.category to one of {', '.join(categories)}."
-        )
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """` (did you mean 'bottle'?)` for the candidate closest to a mistyped `name`, else ""."""
+    close = difflib.get_close_matches(name, [c for c in dict.fromkeys(candidates) if c != name], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def require_root(root: Path, dataset: str, layout: str) -> Path:
+    """The dataset root must exist; its own sentence, since the fix is dataset.root, not the category."""
     if not root.is_dir():
         raise DatasetError(
             f"{dataset} root {root} does not exist; pass dataset.root=/path/to/{dataset.replace(' ', '')}, "
             f"the folder that holds {layout}."
         )
-    folder = root / category
+    return root
+
+
+def category_dir(root: Path, category: str, known: Sequence[str], dataset: str, layout: str) -> Path:
+    """`root/category`, any name in the layout; a missing one suggests a close known or existing name.
+
+    `known` is the dataset's category list from its config (a folder need not be one of them).
+    """
+    folder = require_root(root, dataset, layout) / category
     if not folder.is_dir():
+        present = [path.name for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")]
+        hint = did_you_mean(category, [*known, *sorted(present)])
         raise DatasetError(
-            f"{dataset} category folder {folder} does not exist; download the {category} category into "
-            f"{root} or fix dataset.root (expected layout: {layout})."
+            f"{dataset} category folder {folder} does not exist{hint}; "
+            f"set dataset.category to a folder of {root} or fix dataset.root (expected layout: {layout})."
         )
     return folder
 

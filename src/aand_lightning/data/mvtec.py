@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from aand_lightning.data.io import category_dir, defect_samples, require_dir, require_images
 from aand_lightning.data.records import Sample, Splits
 
-CATEGORIES: tuple[str, ...] = (
-    "carpet", "grid", "leather", "tile", "wood",
-    "bottle", "cable", "capsule", "hazelnut", "metal_nut",
-    "pill", "screw", "toothbrush", "transistor", "zipper",
-)  # fmt: skip
 LAYOUT = (
     "<category>/train/good, <category>/test/<defect> and <category>/ground_truth/<defect>/<name>_mask.png"
 )
@@ -27,13 +23,17 @@ def mvtec_layout_splits(folder: Path) -> Splits:
 
 
 class MVTecAD:
-    """Lists the samples of one MVTec AD category; masks are paired by name (`<stem>_mask.png`)."""
+    """Lists the samples of any category folder in MVTec AD layout; masks are paired by name.
 
-    def __init__(self, root: str | Path, category: str) -> None:
+    `categories` (MVTec's own, from the config) only feeds the "did you mean" of a missing folder.
+    """
+
+    def __init__(self, root: str | Path, category: str, categories: Sequence[str] = ()) -> None:
         self.root = Path(root)
         self.category = category
+        self.categories = tuple(categories)
 
     def splits(self) -> Splits:
         """Train (normal) and test samples, sorted by path."""
-        folder = category_dir(self.root, self.category, CATEGORIES, "MVTec AD", LAYOUT)
+        folder = category_dir(self.root, self.category, self.categories, "MVTec AD", LAYOUT)
         return mvtec_layout_splits(folder)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from aand_lightning.data.io import category_dir, defect_samples, require_dir, require_images
 from aand_lightning.data.records import Sample, Splits
 
-CATEGORIES: tuple[str, ...] = (
-    "bagel", "cable_gland", "carrot", "cookie", "dowel",
-    "foam", "peach", "potato", "rope", "tire",
-)  # fmt: skip
 LAYOUT = (
     "<category>/train/good/rgb/*.png, <category>/test/<defect>/rgb/*.png "
     "and <category>/test/<defect>/gt/*.png"
@@ -18,15 +15,19 @@ LAYOUT = (
 
 
 class MVTec3DRGB:
-    """Lists the RGB samples of one MVTec 3D-AD category; xyz point clouds are not read."""
+    """Lists the RGB samples of any category folder in MVTec 3D-AD layout; xyz point clouds are not read.
 
-    def __init__(self, root: str | Path, category: str) -> None:
+    `categories` (MVTec 3D-AD's own, from the config) only feeds the "did you mean" of a missing folder.
+    """
+
+    def __init__(self, root: str | Path, category: str, categories: Sequence[str] = ()) -> None:
         self.root = Path(root)
         self.category = category
+        self.categories = tuple(categories)
 
     def splits(self) -> Splits:
         """Train (normal) and test samples, sorted by path; masks paired by file name in `gt/`."""
-        folder = category_dir(self.root, self.category, CATEGORIES, "MVTec 3D-AD", LAYOUT)
+        folder = category_dir(self.root, self.category, self.categories, "MVTec 3D-AD", LAYOUT)
         fix = f"a category folder of MVTec 3D-AD holds {LAYOUT}"
         train = require_images(folder / "train" / "good" / "rgb", fix)
         test_dir = require_dir(folder / "test", fix)

@@ -5,13 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from aand_lightning.data.io import category_dir
+from aand_lightning.data.io import did_you_mean, require_root
 from aand_lightning.data.records import DatasetError, Sample, Splits
 
-CATEGORIES: tuple[str, ...] = (
-    "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
-    "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
-)  # fmt: skip
 LAYOUT = "split_csv/1cls.csv, <category>/Data/Images/{Normal,Anomaly} and <category>/Data/Masks/Anomaly"
 COLUMNS = ("object", "split", "label", "image", "mask")
 _LABELS = {"normal": 0, "anomaly": 1}
@@ -81,16 +77,15 @@ class VisA:
 
     def splits(self) -> Splits:
         """Train (normal) and test samples, sorted by path."""
-        category_dir(self.root, self.category, CATEGORIES, "VisA", LAYOUT)
-        rows = [
-            (line, row)
-            for line, row in enumerate(_read_rows(self.split_csv), start=2)
-            if row["object"] == self.category
-        ]
+        require_root(self.root, "VisA", LAYOUT)
+        all_rows = _read_rows(self.split_csv)
+        rows = [(line, row) for line, row in enumerate(all_rows, start=2) if row["object"] == self.category]
         if not rows:
+            objects = [row["object"] for row in all_rows]
             raise DatasetError(
-                f"VisA split file {self.split_csv} has no row for {self.category}; "
-                "use the split_csv/1cls.csv that ships with VisA."
+                f"VisA split file {self.split_csv} has no row for {self.category}"
+                f"{did_you_mean(self.category, objects)}; set dataset.category to an object of that file "
+                "or use the split_csv/1cls.csv that ships with VisA."
             )
         samples = {split: [] for split in _SPLITS}
         for line, row in rows:
