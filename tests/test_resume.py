@@ -1,4 +1,4 @@
-"""A killed run resumed with ckpt_path=last ends with the same metrics as an uninterrupted run."""
+"""A run SIGKILLed while it trains, resumed with ckpt_path=last, ends with the uninterrupted run's metrics."""
 
 import json
 import signal
@@ -8,59 +8,111 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-EPOCHS = 6
+from aand_lightning.callbacks.last_checkpoint import LAST, LastCheckpoint
+
+EPOCHS = 5
 
 
-def _command(tmp: Path, run_dir: Path, stage_overrides: list[str], *extra: str) -> list[str]:
+def _command(tmp: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "aand_lightning.train",
         "dataset=demo", f"dataset.root={tmp / 'demo'}", "dataset.image_size=64",
         "backbone=resnet18", "backbone.weights=none", "trainer=debug", "trainer.enable_progress_bar=false",
         "datamodule.batch_size=4", "datamodule.num_workers=0", "evaluation.heatmaps=1", "teacher_cache=null",
-        f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}", *stage_overrides, *extra,
+        f"amplify.epochs={EPOCHS}", f"distill.epochs={EPOCHS}",
+        "amplify.scheduler.milestones=[2]", "distill.scheduler.milestones=[2]",
+        f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}", *extra,
     ]  # fmt: skip
 
 
-def _kill_after_first_epochs(command: list[str], cwd: Path, checkpoint: Path) -> None:
-    """Start a run and SIGKILL it once an epoch checkpoint has been written (a crash, not a clean stop)."""
+def _kill_while_training(command: list[str], cwd: Path, stage_dir: Path) -> int:
+    """Start a run and SIGKILL it as soon as the stage's first epoch checkpoint exists; returns the epoch
+    of the checkpoint left on disk, which must be one before the last (the kill came while training)."""
+    checkpoint = stage_dir / "checkpoints" / LAST
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # let the checkpoint write finish; training goes on meanwhile
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert checkpoint.exists(), "the run ended before writing a checkpoint"
+    assert checkpoint.exists(), f"the run ended without a checkpoint in {checkpoint.parent}"
+    assert not (stage_dir / "metrics.json").exists(), "the stage finished before the kill"
+    epoch = torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]
+    assert epoch < EPOCHS - 1, "the checkpoint on disk is from the last epoch: nothing was left to resume"
+    return epoch
 
 
-STAGES = {
-    "amplify": ["stage=amplify", f"amplify.epochs={EPOCHS}", "amplify.scheduler.milestones=[3]"],
-    "distill": ["stage=distill", "raa=off", f"distill.epochs={EPOCHS}", "distill.scheduler.milestones=[3]"],
-}
+def _resume(command: list[str], cwd: Path) -> str:
+    result = subprocess.run([*command, "ckpt_path=last"], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_killed_run_resumes_to_the_same_metrics(stage, tmp_path):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param(["stage=all"], id="stage_all"),
+        pytest.param(
+            ["stage=distill", "raa=off", "datamodule.validate_on_test=true"], id="rd_selected_on_test"
+        ),
+    ],
+)
+def test_run_killed_in_each_stage_resumes_to_the_same_metrics(overrides, tmp_path):
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     subprocess.run(
-        _command(tmp_path, reference_dir, STAGES[stage]), cwd=tmp_path, check=True, capture_output=True
+        _command(tmp_path, reference_dir, *overrides), cwd=tmp_path, check=True, capture_output=True
     )
+    command = _command(tmp_path, resumed_dir, *overrides)
+    stages = ["amplify", "distill"] if "stage=all" in overrides else ["distill"]
 
-    _kill_after_first_epochs(
-        _command(tmp_path, resumed_dir, STAGES[stage]),
-        tmp_path,
-        resumed_dir / stage / "checkpoints" / "last.ckpt",
-    )
-    assert not (resumed_dir / stage / "metrics.json").exists(), "killed too late to test resuming"
+    _kill_while_training(command, tmp_path, resumed_dir / stages[0])
+    if len(stages) == 2:  # resume: stage 1 finishes, then kill again while stage 2 trains
+        _kill_while_training([*command, "ckpt_path=last"], tmp_path, resumed_dir / "distill")
+        assert (resumed_dir / "amplify" / "metrics.json").is_file(), "stage 1 did not finish on resume"
+    log = _resume(command, tmp_path)
+    assert "Resuming stage distill from" in log
+    if len(stages) == 2:
+        assert "Stage 1 already finished" in log
+    for stage in stages:
+        reference = json.loads((reference_dir / stage / "metrics.json").read_text())["metrics"]
+        resumed = json.loads((resumed_dir / stage / "metrics.json").read_text())["metrics"]
+        assert resumed.keys() == reference.keys() and resumed
+        assert resumed == pytest.approx(reference, abs=1e-6), stage
+
+
+def test_resume_without_a_checkpoint_names_the_directory(tmp_path):
+    run_dir = tmp_path / "never_ran"
     result = subprocess.run(
-        _command(tmp_path, resumed_dir, STAGES[stage], "ckpt_path=last"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Restoring states from the checkpoint" in result.stderr + result.stdout
-    reference = json.loads((reference_dir / stage / "metrics.json").read_text())["metrics"]
-    resumed = json.loads((resumed_dir / stage / "metrics.json").read_text())["metrics"]
-    assert resumed == pytest.approx(reference, abs=1e-6)
+        _command(tmp_path, run_dir, "stage=distill", "raa=off", "ckpt_path=last"),
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"Error: ckpt_path=last found no checkpoint in {run_dir / 'distill' / 'checkpoints'}; pass "
+        "hydra.run.dir=<the run dir to resume> (it holds <stage>/checkpoints/last.ckpt), or leave "
+        "ckpt_path out to start afresh."
+    ]
+
+
+class _Trainer:
+    """Just what LastCheckpoint uses of a Trainer; its save is killed half way through the write."""
+
+    is_global_zero = True
+
+    class strategy:
+        @staticmethod
+        def barrier(name: str) -> None: ...
+
+    def save_checkpoint(self, path: Path) -> None:
+        Path(path).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process dies here
+
+
+def test_a_kill_during_the_write_keeps_the_previous_checkpoint(tmp_path):
+    previous = b"the previous epoch's checkpoint"
+    (tmp_path / LAST).write_bytes(previous)
+    with pytest.raises(KeyboardInterrupt):
+        LastCheckpoint(tmp_path).on_train_epoch_end(_Trainer(), None)
+    assert (tmp_path / LAST).read_bytes() == previous

@@ -7,13 +7,15 @@ from typing import Any
 
 import torch
 
+from aand_lightning.errors import UserError
+from aand_lightning.files import load_torch_file
 from aand_lightning.models.aand import AAND
 from aand_lightning.models.build import build_aand
 
 STAGE2_HINT = "pass ckpt=<run dir>/distill/checkpoints/last.ckpt (a stage-2 checkpoint)"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """The file is not a usable stage-2 checkpoint; the message names what to pass."""
 
 
@@ -24,7 +26,7 @@ def load_model(
     path = Path(ckpt_path)
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}; {STAGE2_HINT}.")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    payload = load_torch_file(path, "a stage-2 checkpoint", STAGE2_HINT, CheckpointError)
     if payload.get("format", "").startswith("aand-teacher"):
         raise CheckpointError(f"{path} is a stage-1 teacher artifact, not a trained detector; {STAGE2_HINT}.")
     config = payload.get("hyper_parameters", {}).get("model_config")

@@ -17,6 +17,19 @@ OmegaConf.register_new_resolver(
 )
 
 
+def sweep_group(sweep_dir: str | Path) -> str:
+    """The wandb group of every job of one multirun (and of its summary run)."""
+    return f"sweep-{Path(sweep_dir).name}"
+
+
+# wandb group: the sweep's (shared by all its jobs) in a multirun, else the run's own name.
+OmegaConf.register_new_resolver(
+    "wandb_group",
+    lambda mode, sweep_dir, run_name: sweep_group(sweep_dir) if str(mode).endswith("MULTIRUN") else run_name,
+    replace=True,
+)
+
+
 def config_dir() -> Path:
     """The `conf/` folder: packaged copy first (wheel install), then the checkout's (editable install)."""
     package = Path(__file__).resolve().parent

@@ -18,8 +18,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from aand_lightning.checkpoint import load_model
+from aand_lightning.cli import user_errors
 from aand_lightning.config import config_dir
 from aand_lightning.data.transforms import as_size
+from aand_lightning.errors import UserError
 from aand_lightning.models.aand import AAND
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -37,10 +39,16 @@ class InferencePath(nn.Module):
         return out.maps, out.scores
 
 
+def suffix(fmt: str) -> str:
+    """The file suffix of an export format; an unknown format is a user error."""
+    if fmt not in SUFFIX:
+        raise UserError(f"Unknown export format {fmt!r}; pass format=onnx or format=torchscript.")
+    return SUFFIX[fmt]
+
+
 def export(model: AAND, image_size: tuple[int, int], fmt: str, path: Path, opset: int = 17) -> Path:
     """Write the exported model; batch size stays dynamic."""
-    if fmt not in SUFFIX:
-        raise ValueError(f"Unknown export format {fmt!r}; pass format=onnx or format=torchscript.")
+    suffix(fmt)
     wrapper = InferencePath(model).eval()
     example = torch.randn(2, 3, *image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,9 +98,15 @@ def max_difference(
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
 def main(cfg: DictConfig) -> None:
+    with user_errors():
+        _export(cfg)
+
+
+def _export(cfg: DictConfig) -> None:
+    """Export, write the sidecar, and verify against PyTorch."""
     model, config = load_model(cfg.ckpt)
     image_size = as_size(config["image_size"])
-    path = Path(cfg.output) if cfg.output else Path(cfg.ckpt).with_suffix(SUFFIX[cfg.format])
+    path = Path(cfg.output) if cfg.output else Path(cfg.ckpt).with_suffix(suffix(cfg.format))
     export(model, image_size, cfg.format, path, cfg.opset)
     threshold = float(model.threshold)
     sidecar = {
@@ -109,8 +123,9 @@ def main(cfg: DictConfig) -> None:
         difference = max_difference(model, path, cfg.format, image_size)
         print(f"Max |exported − PyTorch| on random inputs (batch 1 and 3): {difference:.2e}")
         if difference > cfg.tolerance:
-            raise SystemExit(
-                f"The exported model differs from PyTorch by {difference:.2e} > {cfg.tolerance}."
+            raise UserError(
+                f"The exported model differs from PyTorch by {difference:.2e} > tolerance={cfg.tolerance}; "
+                "try another opset (opset=...) or format=torchscript, and report the model if it persists."
             )
 
 

@@ -22,14 +22,16 @@ from torchmetrics.functional.classification import binary_precision_recall_curve
 from tqdm import tqdm
 
 from aand_lightning.checkpoint import load_model
+from aand_lightning.cli import user_errors
 from aand_lightning.config import config_dir
 from aand_lightning.data.io import GOOD, IMAGE_SUFFIXES, CorruptImageError, read_image
 from aand_lightning.data.transforms import as_size, normalize, resize
+from aand_lightning.errors import UserError
 from aand_lightning.models.aand import AAND
 from aand_lightning.visualization import heatmap_overlay, write_png
 
 
-class PredictError(ValueError):
+class PredictError(UserError):
     """Bad predict input; the message names the fix."""
 
 
@@ -155,7 +157,8 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    with user_errors():
+        run(cfg)
 
 
 if __name__ == "__main__":

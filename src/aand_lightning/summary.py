@@ -1,4 +1,8 @@
-"""Collect metrics.json files into one table (per category + dataset mean): console, CSV and Markdown."""
+"""Collect metrics.json files into one table (per category + dataset mean): console, CSV and Markdown.
+
+Jobs that failed (their `failed.json`) get one row each with the one-line reason, and a multirun with
+a failed job exits non-zero once the summary is written.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from aand_lightning.cli import FAILED
+from aand_lightning.config import sweep_group
 
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "per_image_pro")
 HEADERS = ("image AUROC", "pixel AUROC", "AUPRO@0.3", "per-image PRO")
@@ -57,24 +64,74 @@ def collect(directory: str | Path) -> list[dict[str, Any]]:
     ]
 
 
+def collect_failures(directory: str | Path) -> list[dict[str, Any]]:
+    """Every failed job's record (`<job>/failed.json`) below a sweep directory."""
+    return [json.loads(p.read_text()) for p in sorted(Path(directory).rglob(FAILED))]
+
+
+def format_failures(failures: Iterable[dict[str, Any]]) -> str:
+    """Markdown table of the failed jobs and their one-line reasons ("" when none failed)."""
+    rows = [f"| {f['dataset']} | {f['category']} | {f.get('stage') or ''} | {f['error']} |" for f in failures]
+    if not rows:
+        return ""
+    return "\n".join(["| dataset | category | failed in | reason |", "|---|---|---|---|", *rows])
+
+
+def _csv_rows(records: list[dict[str, Any]], failures: list[dict[str, Any]]) -> list[list[str]]:
+    """Result rows with an empty error column, then one row per failed job with its reason."""
+    blanks = [""] * len(COLUMNS)
+    failed = [[f["dataset"], f["category"], f.get("stage") or "", "", *blanks, f["error"]] for f in failures]
+    return [[*row, ""] for row in _rows(records)] + failed
+
+
 def write_summary(directory: str | Path) -> str:
-    """Write summary.csv and summary.md into `directory`; returns the Markdown table."""
+    """Write summary.csv and summary.md into `directory`; returns the Markdown (results, then failures)."""
     directory = Path(directory)
-    records = collect(directory)
-    table = format_table(records)
-    (directory / "summary.md").write_text(table + "\n")
+    records, failures = collect(directory), collect_failures(directory)
+    text = format_table(records)
+    if failures:
+        text += f"\n\n{len(failures)} job(s) failed:\n\n{format_failures(failures)}"
+    (directory / "summary.md").write_text(text + "\n")
     with open(directory / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(("dataset", "category", "stage", "map", *COLUMNS))
-        writer.writerows(_rows(records))
-    return table
+        writer.writerow(("dataset", "category", "stage", "map", *COLUMNS, "error"))
+        writer.writerows(_csv_rows(records, failures))
+    return text
+
+
+def log_summary_to_wandb(directory: Path, project: str | None) -> None:
+    """The summary as a wandb table, in the sweep's group (what `logger=wandb` puts its jobs in)."""
+    import wandb
+
+    rows = _csv_rows(collect(directory), collect_failures(directory))
+    table = wandb.Table(columns=["dataset", "category", "stage", "map", *HEADERS, "error"], data=rows)
+    run = wandb.init(
+        project=project,
+        group=sweep_group(directory),
+        job_type="summary",
+        name=f"{sweep_group(directory)}/summary",
+        dir=str(directory),
+        reinit="create_new",
+    )
+    run.log({"summary": table})
+    run.finish()
 
 
 class SummaryCallback(Callback):
-    """Hydra callback: after a multirun, print and save the table of every job's metrics."""
+    """Hydra callback: after a multirun, print and save the table of every job's metrics and failures;
+    log it to wandb when the jobs did; exit with status 1 if any job failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
-            print(write_summary(sweep_dir))
-            print(f"Summary written to {sweep_dir / 'summary.md'} and summary.csv")
+        if not sweep_dir.is_dir():
+            return
+        print(write_summary(sweep_dir))
+        print(f"Summary written to {sweep_dir / 'summary.md'} and summary.csv")
+        logger = config.get("logger")
+        if logger and "Wandb" in str(logger.get("_target_", "")):
+            log_summary_to_wandb(sweep_dir, OmegaConf.select(logger, "project"))
+        failed = collect_failures(sweep_dir)
+        if failed:
+            raise SystemExit(
+                f"{len(failed)} of the sweep's jobs failed; their reasons are in {sweep_dir / 'summary.md'}."
+            )

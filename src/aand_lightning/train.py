@@ -17,22 +17,27 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from aand_lightning import handoff
 from aand_lightning.callbacks.heatmaps import HeatmapWriter
+from aand_lightning.callbacks.last_checkpoint import LAST, LastCheckpoint
 from aand_lightning.callbacks.score_plots import ScorePlots
-from aand_lightning.callbacks.teacher_handoff import ARTIFACT_NAME, TeacherHandoff, read_teacher
+from aand_lightning.callbacks.teacher_handoff import TeacherHandoff
+from aand_lightning.checks import ConfigError, check_config
+from aand_lightning.cli import FAILED, exit_with, full_error, mark_failed, reason
 from aand_lightning.config import config_dir
 from aand_lightning.data.datamodule import AnomalyDataModule
+from aand_lightning.errors import UserError
 from aand_lightning.models.build import build_aand, build_amplified_teacher
 from aand_lightning.stages import AnomalyAmplification, NormalityDistillation
 from aand_lightning.stages.base import AnomalyStage
 from aand_lightning.summary import format_table
-from aand_lightning.teacher_cache import cached_teacher, stage1_fingerprint, store_teacher
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +60,19 @@ def _loggers(cfg: DictConfig) -> list:
 
 
 def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> L.Trainer:
-    """Checkpoint every epoch (last.ckpt, for resuming); with the authors' opt-in protocol also the
-    epoch with the best validation-on-test image AUROC (best.ckpt), which is then what gets tested."""
-    select_on_test = cfg.datamodule.validate_on_test
-    checkpoint = ModelCheckpoint(
-        dirpath=stage_dir / "checkpoints",
-        filename="best",
-        save_last=True,
-        save_top_k=1 if select_on_test else 0,
-        monitor="val/image_auroc" if select_on_test else None,
-        mode="max",
-        every_n_epochs=1,
-    )
+    """`last.ckpt` after every epoch (for resuming); with the authors' opt-in protocol also the epoch
+    with the best validation-on-test image AUROC (`best.ckpt`), which is then what gets tested."""
+    checkpoints: list = [LastCheckpoint(stage_dir / "checkpoints")]
+    if cfg.datamodule.validate_on_test:
+        checkpoints.append(
+            ModelCheckpoint(
+                dirpath=stage_dir / "checkpoints",
+                filename="best",
+                save_top_k=1,
+                monitor="val/image_auroc",
+                mode="max",
+            )
+        )
     heatmaps = HeatmapWriter(stage_dir / "heatmaps", cfg.evaluation.heatmaps)
     plots = ScorePlots(stage_dir, f"{cfg.dataset.name}/{cfg.dataset.category} {stage_dir.name}")
     return instantiate(
@@ -74,8 +80,33 @@ def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> 
         max_epochs=epochs,
         default_root_dir=str(stage_dir),
         logger=_loggers(cfg),
-        callbacks=[checkpoint, heatmaps, plots, *callbacks],
+        callbacks=[*checkpoints, heatmaps, plots, *callbacks],
     )
+
+
+def _resume_from(cfg: DictConfig, stage_dir: Path, after_finished_stage: bool) -> str | None:
+    """The checkpoint `ckpt_path` means for this stage: None (start), the stage's last.ckpt, or a file."""
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    last = stage_dir / "checkpoints" / LAST
+    if last.is_file():
+        log.info("Resuming stage %s from %s", stage_dir.name, last)
+        return str(last)
+    if after_finished_stage:  # killed before this stage's first epoch ended: nothing to resume yet
+        log.info("No checkpoint of stage %s yet in %s: starting it", stage_dir.name, last.parent)
+        return None
+    raise UserError(
+        f"ckpt_path=last found no checkpoint in {last.parent}; pass hydra.run.dir=<the run dir to resume> "
+        "(it holds <stage>/checkpoints/last.ckpt), or leave ckpt_path out to start afresh."
+    )
+
+
+def _finished(stage_dir: Path) -> dict[str, Any] | None:
+    """The metrics record of a stage that already finished in this run dir (when resuming)."""
+    metrics = stage_dir / "metrics.json"
+    teacher = stage_dir / handoff.ARTIFACT_NAME
+    done = metrics.is_file() and (stage_dir.name != "amplify" or teacher.is_file())
+    return json.loads(metrics.read_text()) if done else None
 
 
 def _peak_memory_mb(module: AnomalyStage) -> dict[str, float]:
@@ -93,18 +124,18 @@ def _run_stage(
     datamodule: AnomalyDataModule,
     run_dir: Path,
     callbacks: list,
+    ckpt_path: str | None,
 ) -> dict[str, Any]:
-    """Fit, test, write metrics.json (rank 0); returns the metrics record."""
+    """Fit (from `ckpt_path` when resuming), test, write metrics.json (rank 0); returns the record."""
     OmegaConf.update(cfg, "current_stage", name)
     stage_dir = run_dir / name
     trainer = _trainer(cfg, stage_dir, cfg[name].epochs, callbacks)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     if datamodule.has_test:
-        trainer.test(
-            module, datamodule=datamodule, ckpt_path="best" if cfg.datamodule.validate_on_test else None
-        )
+        best = stage_dir / "checkpoints" / "best.ckpt"
+        trainer.test(module, datamodule=datamodule, ckpt_path=str(best) if best.is_file() else None)
     else:
         log.warning(
             "No test images for %s: stage %s is trained but not evaluated.", cfg.dataset.category, name
@@ -126,6 +157,7 @@ def _run_stage(
         "performance": {
             "fit_seconds": fit_seconds,
             "epochs": cfg[name].epochs,
+            "resumed_from": ckpt_path,
             "inference_images_per_second": module.inference_images / max(module.inference_seconds, 1e-9),
             "inference_batch_size": datamodule.eval_batch_size,
             "peak_memory_mb": _peak_memory_mb(module),
@@ -139,7 +171,9 @@ def _run_stage(
     return record
 
 
-def run_amplify(cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path) -> tuple[Path, dict[str, Any]]:
+def run_amplify(
+    cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path, ckpt_path: str | None
+) -> tuple[Path, dict[str, Any]]:
     teacher = build_amplified_teacher(cfg.backbone, cfg.raa)
     module = AnomalyAmplification(
         teacher,
@@ -150,18 +184,20 @@ def run_amplify(cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path) -
         seed=cfg.seed,
         **cfg.performance,
     )
-    artifact = run_dir / "amplify" / ARTIFACT_NAME
-    handoff = TeacherHandoff(artifact, cfg.backbone.name, _plain(cfg.raa))
-    return artifact, _run_stage(cfg, "amplify", module, datamodule, run_dir, [handoff])
+    artifact = run_dir / "amplify" / handoff.ARTIFACT_NAME
+    handoff_callback = TeacherHandoff(artifact, _plain(cfg.backbone), _plain(cfg.raa))
+    return artifact, _run_stage(cfg, "amplify", module, datamodule, run_dir, [handoff_callback], ckpt_path)
 
 
 def run_distill(
-    cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path, teacher_path: Path | None
+    cfg: DictConfig,
+    datamodule: AnomalyDataModule,
+    run_dir: Path,
+    teacher_path: Path | None,
+    ckpt_path: str | None,
 ) -> dict:
     if cfg.raa.enabled:
-        payload = read_teacher(teacher_path, cfg.backbone.name, cfg.raa)
-        teacher = build_amplified_teacher(cfg.backbone, cfg.raa, weights="none")
-        teacher.load_state_dict(payload["state_dict"])
+        teacher = handoff.load_teacher(teacher_path, _plain(cfg.backbone), _plain(cfg.raa))
         log.info("Stage 2 uses the stage-1 teacher %s", teacher_path)
     else:
         teacher = build_amplified_teacher(cfg.backbone, cfg.raa)
@@ -184,39 +220,60 @@ def run_distill(
         fpr_limit=cfg.evaluation.fpr_limit,
         **cfg.performance,
     )
-    return _run_stage(cfg, "distill", module, datamodule, run_dir, [])
+    return _run_stage(cfg, "distill", module, datamodule, run_dir, [], ckpt_path)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
-    """Run the configured stages in one process; returns each stage's metrics record."""
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule: AnomalyDataModule = instantiate(cfg.datamodule)
-    records = []
-    teacher_path = Path(cfg.teacher_ckpt) if cfg.teacher_ckpt else None
+    """Run the configured stages in one process; returns each stage's metrics record.
+
+    Config and data are checked first, before any model or Trainer is built. With `ckpt_path=last`
+    a stage that already finished in `run_dir` is kept and the one that was running continues.
+    """
+    check_config(cfg)
     stages = list(cfg.stage.run)
-    key = stage1_fingerprint(cfg)
-    cached = cached_teacher(cfg.teacher_cache, key) if cfg.raa.enabled else None
     if "amplify" in stages and not cfg.raa.enabled:
-        raise ValueError(
+        raise ConfigError(
             "stage=amplify trains RAA but raa.enabled=false; use stage=distill for the RD baseline."
         )
-    if stages == ["amplify", "distill"] and cached is not None:
-        log.info("Reusing the cached stage-1 teacher %s (stage-1 config hash %s)", cached, key)
-        teacher_path = cached
-        if (cached.parent / "metrics.json").is_file():
-            records.append(
-                json.loads((cached.parent / "metrics.json").read_text()) | {"cached_from": str(cached)}
-            )
-    elif "amplify" in stages:
-        teacher_path, record = run_amplify(cfg, datamodule, run_dir)
-        records.append(record)
-        if rank_zero_only.rank == 0:
-            store_teacher(cfg.teacher_cache, key, run_dir / "amplify")
+    if cfg.ckpt_path not in (None, "last") and len(stages) > 1:
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} resumes one stage; pass stage=amplify or stage=distill with it, "
+            "or ckpt_path=last to continue a stage=all run."
+        )
+    (run_dir / FAILED).unlink(missing_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: AnomalyDataModule = instantiate(cfg.datamodule)
+    datamodule.setup()  # lists and decodes every file now: bad data fails before a model is built
+    resuming = cfg.ckpt_path is not None
+    key = handoff.cache_key(cfg, datamodule.all_samples) if cfg.raa.enabled else ""
+    cached = None if resuming or not key else handoff.cached_teacher(cfg.teacher_cache, key)
+    teacher_path = Path(cfg.teacher_ckpt) if cfg.teacher_ckpt else None
+    records: list[dict[str, Any]] = []
+    if "amplify" in stages:
+        finished = _finished(run_dir / "amplify") if resuming else None
+        if finished is not None:
+            log.info("Stage 1 already finished in %s: continuing with what follows it", run_dir)
+            teacher_path = run_dir / "amplify" / handoff.ARTIFACT_NAME
+            records.append(finished)
+        elif cached is not None and "distill" in stages:
+            log.info("Reusing the cached stage-1 teacher %s (stage-1 config hash %s)", cached, key)
+            teacher_path = cached
+            if (cached.parent / "metrics.json").is_file():
+                records.append(
+                    json.loads((cached.parent / "metrics.json").read_text()) | {"cached_from": str(cached)}
+                )
+        else:
+            ckpt = _resume_from(cfg, run_dir / "amplify", after_finished_stage=False)
+            teacher_path, record = run_amplify(cfg, datamodule, run_dir, ckpt)
+            records.append(record)
+            if rank_zero_only.rank == 0:
+                handoff.store_teacher(cfg.teacher_cache, key, run_dir / "amplify")
     elif teacher_path is None and cached is not None:
         log.info("stage=distill uses the cached stage-1 teacher %s (stage-1 config hash %s)", cached, key)
         teacher_path = cached
     if "distill" in stages:
-        records.append(run_distill(cfg, datamodule, run_dir, teacher_path))
+        ckpt = _resume_from(cfg, run_dir / "distill", after_finished_stage=bool(records))
+        records.append(run_distill(cfg, datamodule, run_dir, teacher_path, ckpt))
     if records and rank_zero_only.rank == 0:
         (run_dir / "metrics.json").write_text(json.dumps(records, indent=2))
         print(format_table(records))
@@ -225,7 +282,24 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> None:
-    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    """Run; a failure leaves `failed.json` in the run dir. A user error is one line on stderr (exit 2);
+    in a multirun, a failed job is logged and the sweep goes on (the summary lists it)."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        run(cfg, run_dir)
+    except Exception as error:
+        if rank_zero_only.rank == 0:
+            keys = {"dataset": "dataset.name", "category": "dataset.category", "stage": "current_stage"}
+            mark_failed(run_dir, error, {k: OmegaConf.select(cfg, v, default=None) for k, v in keys.items()})
+        if full_error():
+            raise
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            log.error("This job failed: %s (traceback in %s)", reason(error), run_dir / FAILED)
+            return
+        if isinstance(error, UserError):
+            exit_with(error)
+        raise
 
 
 if __name__ == "__main__":

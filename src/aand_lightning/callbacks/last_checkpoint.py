@@ -1,0 +1,31 @@
+"""`last.ckpt` at the end of every training epoch, written atomically: what `ckpt_path=last` resumes from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
+
+LAST = "last.ckpt"
+
+
+class LastCheckpoint(Checkpoint):
+    """Saves the full training state (model, optimizer, scheduler, loops, RNG) after every epoch.
+
+    Lightning's `ModelCheckpoint(save_last=True)` writes `last.ckpt` only in a step where a top-k
+    checkpoint was saved, so with `save_top_k=0` a killed run had nothing to resume from. The file is
+    written under a temporary name and renamed, so a kill during the write leaves the previous epoch's
+    checkpoint intact. As a `Checkpoint` it runs after the LightningModule's own `on_train_epoch_end`.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.path = Path(dirpath) / LAST
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tmp = self.path.with_name(f".{LAST}.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier("last_checkpoint")

@@ -1,0 +1,110 @@
+"""Checks that run before any model or Trainer is built, so that a bad value fails in a second.
+
+Each failure is one sentence naming the config key and a value that works.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from aand_lightning.errors import UserError
+from aand_lightning.models.teacher import TEACHER_STRIDES
+
+# The student's bottleneck halves the deepest (stride-16) level once more, and its decoder doubles
+# back up: sizes must divide by this for the levels to line up.
+SIZE_MULTIPLE = 2 * max(TEACHER_STRIDES)
+_WANDB_NO_LOGIN = ("offline", "dryrun", "disabled")
+
+
+class ConfigError(UserError):
+    """A config value out of range; the message names the key."""
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=True)
+
+
+def _integer(cfg: DictConfig, key: str, minimum: int, optional: bool = False) -> None:
+    value = _value(cfg, key)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value} is not valid; pass an integer >= {minimum}.")
+
+
+def _fraction(
+    cfg: DictConfig, key: str, low: float, high: float, closed_low: bool, closed_high: bool
+) -> None:
+    value = _value(cfg, key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = (
+        ok
+        and (low <= value if closed_low else low < value)
+        and (value <= high if closed_high else value < high)
+    )
+    if not ok:
+        interval = f"{'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}"
+        raise ConfigError(f"{key}={value} is not valid; pass a number in {interval}.")
+
+
+def _image_size(cfg: DictConfig) -> None:
+    value = _value(cfg, "dataset.image_size")
+    sides = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    valid = len(sides) in (1, 2) and all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 and s % SIZE_MULTIPLE == 0 for s in sides
+    )
+    if not valid:
+        raise ConfigError(
+            f"dataset.image_size={value} is not valid; pass a positive multiple of {SIZE_MULTIPLE} "
+            f"(e.g. 256), or [height, width] of such multiples (the student works at stride {SIZE_MULTIPLE})."
+        )
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Sizes, batch sizes, epochs, fractions and the resume setting of a training config."""
+    _image_size(cfg)
+    _integer(cfg, "datamodule.batch_size", 1)
+    _integer(cfg, "datamodule.eval_batch_size", 1, optional=True)
+    _integer(cfg, "datamodule.num_workers", 0)
+    _integer(cfg, "seed", 0)
+    for stage in cfg.stage.run:
+        _integer(cfg, f"{stage}.epochs", 1)
+    _fraction(cfg, "datamodule.val_fraction", 0.0, 1.0, closed_low=True, closed_high=False)
+    _fraction(cfg, "distill.threshold_quantile", 0.0, 1.0, closed_low=True, closed_high=True)
+    _fraction(cfg, "evaluation.fpr_limit", 0.0, 1.0, closed_low=False, closed_high=True)
+    _fraction(cfg, "synthesis.clean_probability", 0.0, 1.0, closed_low=True, closed_high=True)
+    _fraction(cfg, "synthesis.beta_max", 0.0, 1.0, closed_low=True, closed_high=True)
+    ckpt = cfg.ckpt_path
+    if ckpt not in (None, "last") and not Path(ckpt).is_file():
+        raise ConfigError(f"ckpt_path={ckpt} is not a file; pass ckpt_path=last or the path of a .ckpt file.")
+    if cfg.get("logger") and "Wandb" in str(cfg.logger.get("_target_", "")):
+        check_wandb(bool(cfg.logger.get("offline", False)))
+
+
+def _netrc_has(host: str) -> bool:
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        return path.is_file() and netrc.netrc(path).authenticators(host) is not None
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def check_wandb(offline: bool = False) -> None:
+    """wandb must find credentials (or run offline) without ever showing its interactive login prompt."""
+    if offline or os.environ.get("WANDB_MODE", "").lower() in _WANDB_NO_LOGIN:
+        return
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    if _netrc_has(host):
+        return
+    raise ConfigError(
+        f"logger=wandb found no wandb credentials for {host}; run `wandb login` (or set WANDB_API_KEY), "
+        "set WANDB_MODE=offline to log locally, or pass logger=csv."
+    )
