@@ -1,0 +1,235 @@
+"""Fetch a catalog dataset into `<data_dir>/<folder>` once, safely, also from many jobs at a time.
+
+Downloads go to `<data_dir>/.downloads/<file>.part` and resume with an HTTP Range request; a file
+gets its final name only after its checksum matched. Archives are unpacked into a temporary folder
+next to the target and moved into place with one rename, so a dataset folder is either complete or
+absent (a non-empty target folder counts as installed: it is also what extracting by hand gives).
+A lock file per dataset makes parallel jobs download once: the others wait, then find the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import shutil
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.error import HTTPError, URLError
+from urllib.request import Request, urlopen
+
+from tqdm import tqdm
+
+from aand_lightning.data.catalog import CATALOG, Archive, CatalogEntry
+
+DOWNLOADS = ".downloads"
+ATTEMPTS = 5  # tries per file while each try gets some bytes (a dropped connection resumes)
+_CHUNK = 1 << 20
+# What a failed or broken-off transfer raises: refused/unreachable (URLError), timeouts and resets
+# (OSError), a body cut short by the server (http.client.IncompleteRead and friends).
+_NETWORK_ERRORS = (URLError, OSError, http.client.HTTPException)
+
+
+class DownloadError(ValueError):
+    """A dataset could not be fetched; the message is one sentence that says what to do instead."""
+
+
+class _BrokenOff(Exception):
+    """A transfer that stopped after receiving some bytes; worth resuming at once."""
+
+
+def _entry(name_or_entry: str | CatalogEntry) -> CatalogEntry:
+    """A catalog entry by name; an entry passes through (tests and mirrors point it elsewhere)."""
+    if isinstance(name_or_entry, CatalogEntry):
+        return name_or_entry
+    if name_or_entry not in CATALOG:
+        raise DownloadError(
+            f"No download is known for dataset {name_or_entry!r}; use one of {', '.join(sorted(CATALOG))}."
+        )
+    return CATALOG[name_or_entry]
+
+
+def is_installed(target: Path) -> bool:
+    """True when the dataset folder exists and holds something (ours or extracted by hand)."""
+    return target.is_dir() and any(target.iterdir())
+
+
+def _by_hand(entry: CatalogEntry, data_dir: Path) -> str:
+    """The manual alternative, for error messages: where to extract the archive."""
+    target = data_dir / entry.folder
+    if entry.nested:
+        return f"extract it into {data_dir}, which gives {target}"
+    return f"extract it into {target}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive flock on `path`; say so when another job holds it and we wait."""
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"Waiting for another job that is fetching {what} (lock {path}).", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in chunks (archives are gigabytes)."""
+    hasher = hashlib.new(algorithm)
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _reason(err: BaseException) -> str:
+    """A short cause for messages: "HTTP 404 Not Found", "[Errno 111] Connection refused", "timed out"."""
+    if isinstance(err, HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    return str(err.reason if isinstance(err, URLError) else err) or type(err).__name__
+
+
+def _transfer(archive: Archive, part: Path, timeout: float, progress: bool) -> None:
+    """One request: append to `part` on 206, restart it on 200; _BrokenOff if cut short after some bytes."""
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        response = urlopen(Request(archive.url, headers=headers), timeout=timeout)
+    except HTTPError as err:
+        if err.code == 416 and offset:  # nothing left to send: the .part is already whole
+            return
+        raise
+    with response:
+        resumed = response.status == 206
+        length = response.headers.get("Content-Length")
+        expected = None if length is None else int(length)
+        received = 0
+        with (
+            part.open("ab" if resumed else "wb") as sink,
+            tqdm(
+                total=None if expected is None else expected + (offset if resumed else 0),
+                initial=offset if resumed else 0,
+                unit="B", unit_scale=True, unit_divisor=1024, desc=archive.filename,
+                disable=not progress, file=sys.stderr,
+            ) as bar,
+        ):  # fmt: skip
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except _NETWORK_ERRORS as err:
+                    if received:
+                        raise _BrokenOff(_reason(err)) from err
+                    raise
+                if not chunk:
+                    break
+                sink.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if expected is not None and received < expected:  # urllib returns b"" when the server hangs up
+        raise _BrokenOff(f"got {received} of {expected} bytes")
+
+
+def _download(archive: Archive, folder: Path, timeout: float, progress: bool, by_hand: str) -> Path:
+    """The verified archive in `folder`, downloaded (or resumed) unless a verified copy is there."""
+    final = folder / archive.filename
+    if final.is_file():
+        return final
+    part = final.with_name(final.name + ".part")
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            _transfer(archive, part, timeout, progress)
+            break
+        except _BrokenOff as err:
+            if attempt == ATTEMPTS:
+                raise DownloadError(
+                    f"Download of {archive.url} kept breaking off ({err}) after {ATTEMPTS} tries; run "
+                    f"again to resume {part}, or download it yourself and {by_hand}."
+                ) from err
+        except _NETWORK_ERRORS as err:
+            raise DownloadError(
+                f"Cannot download {archive.url} ({_reason(err)}); download it yourself, on another machine "
+                f"if this one is offline, and {by_hand}."
+            ) from err
+    got = _file_digest(part, archive.algorithm)
+    if got != archive.digest.lower():
+        part.unlink()
+        raise DownloadError(
+            f"Downloaded {archive.url} has {archive.algorithm} {got} but {archive.digest} is expected, so "
+            "it was deleted; run again, and if it still differs the file on the server has changed."
+        )
+    part.rename(final)
+    return final
+
+
+def _extract(archive: Path, into: Path) -> None:
+    """Unpack a tar (any compression) or zip into `into`, refusing members that would land outside."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as bundle:
+            root = into.resolve()
+            for name in bundle.namelist():
+                if not (root / name).resolve().is_relative_to(root):
+                    raise DownloadError(f"Archive {archive} holds {name!r}, outside the folder; delete it.")
+            bundle.extractall(into)
+        return
+    with tarfile.open(archive) as bundle:
+        try:
+            bundle.extractall(into, filter="data")
+        except tarfile.FilterError as err:
+            raise DownloadError(f"Archive {archive} holds an unsafe member ({err}); delete it.") from err
+
+
+def _install(entry: CatalogEntry, archives: list[Path], data_dir: Path) -> None:
+    """Extract next to the target, then rename into place; leftovers of an interrupted try are removed."""
+    for stale in data_dir.glob(f".{entry.folder}.extract-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    workspace = Path(tempfile.mkdtemp(prefix=f".{entry.folder}.extract-", dir=data_dir))
+    try:
+        for archive in archives:
+            _extract(archive, workspace)
+        content = workspace / entry.folder if entry.nested else workspace
+        if not content.is_dir():
+            raise DownloadError(
+                f"Archive {archives[0]} has no top-level folder {entry.folder}; fix the catalog entry."
+            )
+        target = data_dir / entry.folder
+        if target.is_dir():  # empty (is_installed was False): rename replaces it
+            target.rmdir()
+        content.rename(target)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def fetch(
+    name_or_entry: str | CatalogEntry, data_dir: str | Path, progress: bool = True, timeout: float = 10.0
+) -> Path:
+    """`<data_dir>/<folder>` of a catalog dataset, downloading and extracting it first if it is missing.
+
+    timeout (seconds) bounds connecting and each read, so an offline machine fails within seconds
+    with a DownloadError that names the URL and where to extract a copy fetched elsewhere.
+    """
+    entry = _entry(name_or_entry)
+    data_dir = Path(data_dir)
+    target = data_dir / entry.folder
+    if is_installed(target):
+        return target
+    downloads = data_dir / DOWNLOADS
+    downloads.mkdir(parents=True, exist_ok=True)
+    with _locked(downloads / f"{entry.name}.lock", entry.title):
+        if is_installed(target):  # another job fetched it while we waited
+            return target
+        print(f"{entry.title}, licence: {entry.licence}; fetching it into {target}.", file=sys.stderr)
+        by_hand = _by_hand(entry, data_dir)
+        archives = [_download(archive, downloads, timeout, progress, by_hand) for archive in entry.archives]
+        _install(entry, archives, data_dir)
+        for archive in archives:
+            archive.unlink()
+    return target
