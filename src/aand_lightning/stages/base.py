@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from torch import nn
 
 from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+def rng_states() -> dict:
+    """The global random streams as tensors and plain values, so checkpoints stay weights-only loadable."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(tuple(s if not isinstance(s, list) else tuple(s) for s in states["python"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class AnomalyStage(L.LightningModule):
@@ -63,11 +86,11 @@ class AnomalyStage(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Global random streams (torch, CUDA, numpy, Python) travel with the checkpoint; the data order,
         the synthetic anomalies and the L_amp subsets are already pure functions of seed, epoch and step."""
-        checkpoint["rng_states"] = _collect_rng_states()
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
-            _set_rng_states(checkpoint["rng_states"])
+            set_rng_states(checkpoint["rng_states"])
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if self.channels_last:
