@@ -12,6 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from aand_lightning.callbacks.teacher_handoff import ARTIFACT_NAME
 
+# Raised whenever the code changes what stage 1 sees for an unchanged config, so older teachers are not
+# reused: 2 = PIL resize, native-resolution foregrounds, imgaug's texture ops, L_amp foreground > 0.3.
+DATA_PATH_VERSION = 2
+
 # Trainer keys that change how a run looks or is placed, not what stage 1 learns.
 COSMETIC_TRAINER_KEYS = {"enable_progress_bar", "log_every_n_steps", "enable_model_summary", "devices"}
 
@@ -33,7 +37,8 @@ def stage1_fingerprint(cfg: DictConfig) -> str:
         "raa": OmegaConf.to_container(cfg.raa, resolve=True),
         "synthesis": OmegaConf.to_container(cfg.synthesis, resolve=True),
         "amplify": OmegaConf.to_container(cfg.amplify, resolve=True),
-        "data": {k: datamodule[k] for k in ("batch_size", "val_fraction", "seed")},
+        "data": {k: datamodule.get(k) for k in ("batch_size", "val_fraction", "seed", "interpolation")},
+        "data_path_version": DATA_PATH_VERSION,
         "seed": cfg.seed,
         "trainer": trainer,
     }
