@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 ARTIFACT_FORMAT = "aand-teacher/2"
 ARTIFACT_NAME = "teacher.pt"
 _READABLE_FORMATS = ("aand-teacher/1", ARTIFACT_FORMAT)
+# Bump when what stage 1 learns changes without a config change (e.g. the data path: 2 = PIL resize,
+# native-resolution foreground, the authors' texture augmenters), so cached teachers are not reused.
+STAGE1_CODE_VERSION = 2
 _PASS = "pass teacher_ckpt=<stage-1 run dir>/amplify/teacher.pt"
 
 # Config keys that do not shape what stage 1 learns or reports: stage 2, logging, where outputs go,
@@ -147,7 +150,11 @@ def _stage1_settings(cfg: DictConfig) -> dict[str, Any]:
 def cache_key(cfg: DictConfig, samples: Iterable[Sample]) -> str:
     """Content address of a stage-1 run: every stage-1 setting (the data source's fields included) and
     the size and modification time of every data file."""
-    parts = {"settings": _stage1_settings(cfg), "files": _files_fingerprint(samples)}
+    parts = {
+        "code": STAGE1_CODE_VERSION,
+        "settings": _stage1_settings(cfg),
+        "files": _files_fingerprint(samples),
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -2,14 +2,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
 import torch
 
 from aand_lightning.data.datamodule import AnomalyDataModule, split_validation
+from aand_lightning.data.datasets import AnomalyDataset
 from aand_lightning.data.io import read_image
 from aand_lightning.data.mvtec import MVTecAD
 from aand_lightning.data.records import Sample
+from aand_lightning.data.synthesis.foreground import ForegroundRule, foreground_mask
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
-from aand_lightning.data.transforms import denormalize, resize
+from aand_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, resize
 from aand_lightning.data.visa import VisA
 
 
@@ -81,6 +84,28 @@ def test_synthetic_items_carry_mask_foreground_and_label(mvtec_root):
     clean = dm.dataset(dm.splits.train, "normal")[0]
     changed = (item["image"] != clean["image"]).any(0)
     assert not changed[item["mask"][0] == 0].any()  # pixels change only inside the synthetic mask
+
+
+def test_synthetic_foreground_comes_from_the_native_image(tmp_path, write_png):
+    """The rule (blur σ 8 in native pixels) runs on the file's 96x128 image, then the mask is resized."""
+    photo = skimage.data.coffee()[::4, ::4][:96, :128].copy()
+    path = write_png(tmp_path / "train" / "000.png", photo)
+    rule = ForegroundRule("threshold", threshold=100)
+    dataset = AnomalyDataset(
+        [Sample(path, 0)], (24, 32), IMAGENET_MEAN, IMAGENET_STD, "synthetic",
+        AnomalySynthesizer(clean_probability=0.0), rule,
+    )  # fmt: skip
+    foreground = dataset[0]["foreground"][0].numpy() > 0
+    np.testing.assert_array_equal(foreground, foreground_mask(read_image(path), rule, (24, 32)))
+    resized_first = foreground_mask(resize((24, 32))(image=read_image(path))["image"], rule)
+    assert (foreground != resized_first).mean() > 0.05
+
+
+def test_interpolation_reaches_the_datasets(mvtec_root):
+    dm = _datamodule(MVTecAD(mvtec_root, "bottle"), interpolation="cv2_cubic")
+    assert dm.dataset(dm.splits.test, "test").resize.interpolation == "cv2_cubic"
+    default = _datamodule(MVTecAD(mvtec_root, "bottle"))
+    assert default.dataset(default.splits.test, "test").resize.interpolation == "pil_bicubic"
 
 
 def test_corrupt_train_image_is_skipped_with_a_warning(mvtec_root):

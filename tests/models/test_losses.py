@@ -87,6 +87,20 @@ def test_stage1_loss_combines_levels_with_weights():
     assert torch.isclose(out["loss"], focal + 0.1 * 0.6)
 
 
+def test_normal_positions_need_the_pooled_foreground_above_the_mask_threshold():
+    """A level cell 40 % covered by foreground is normal at the authors' threshold 0.3 (not at 0.5)."""
+    features = [torch.randn(1, 8, 2, 2, generator=torch.Generator().manual_seed(0))]
+    gates = [torch.full((1, 1, 2, 2), 0.5)]
+    mask = torch.zeros(1, 1, 10, 10)
+    mask[..., :5, :5] = 1  # top-left cell anomalous
+    foreground = torch.zeros(1, 1, 10, 10)
+    foreground[..., :2, 5:] = 1  # top-right cell: 10 of 25 pixels, pooled 0.4
+    out = AmplificationLoss()(features, features, gates, mask, foreground)
+    assert torch.isclose(out["amplification"], torch.tensor(0.3))  # one valid pair, amplified == vanilla
+    strict = AmplificationLoss(mask_threshold=0.5)(features, features, gates, mask, foreground)
+    assert strict["amplification"].item() == 0.0  # no normal position left
+
+
 def test_hkd_picks_exactly_the_k_hardest_patches():
     teacher = torch.zeros(1, 2, 2, 2)
     teacher[:, 0] = 1.0  # every teacher patch points along channel 0

@@ -51,6 +51,7 @@ class AnomalyDataModule(L.LightningDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
+        interpolation: str = "pil_bicubic",
     ) -> None:
         super().__init__()
         self.source = source
@@ -66,6 +67,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.on_corrupt = on_corrupt
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
+        self.interpolation = interpolation
         self.splits: Splits | None = None
         self.val_samples: list[Sample] = []
 
@@ -101,7 +103,7 @@ class AnomalyDataModule(L.LightningDataModule):
     def dataset(self, samples: Sequence[Sample], mode: Mode) -> AnomalyDataset:
         return AnomalyDataset(
             samples, self.image_size, self.mean, self.std, mode,
-            self.synthesizer, self.foreground_rule, self.foreground_cache, self.seed,
+            self.synthesizer, self.foreground_rule, self.foreground_cache, self.seed, self.interpolation,
         )  # fmt: skip
 
     def _wants_synthetic(self) -> bool:

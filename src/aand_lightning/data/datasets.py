@@ -50,11 +50,12 @@ class AnomalyDataset(Dataset):
         foreground_rule: ForegroundRule | None = None,
         foreground_cache: ForegroundCache | None = None,
         seed: int = 0,
+        interpolation: str = "pil_bicubic",
     ) -> None:
         if mode == "synthetic" and synthesizer is None:
             raise ValueError("Synthetic-anomaly data needs a synthesizer (the `synthesis` config group).")
         self.samples = list(samples)
-        self.resize = resize(image_size)
+        self.resize = resize(image_size, interpolation)
         self.mean, self.std = tuple(mean), tuple(std)
         self.mode = mode
         self.synthesizer = synthesizer
@@ -73,12 +74,16 @@ class AnomalyDataset(Dataset):
             mask = read_mask(sample.mask, size=image.shape[:2])
         else:
             mask = np.zeros(image.shape[:2], dtype=bool)
+        foreground = (  # from the native image, before resizing, as the authors compute it
+            self.foreground_cache.get(sample.image, image, self.foreground_rule, self.resize.size)
+            if self.mode == "synthetic"
+            else None
+        )
         out = self.resize(image=image, mask=mask.astype(np.uint8))
         image, mask = out["image"], out["mask"].astype(np.float32)
         item = {"label": sample.label, "defect": sample.defect, "path": str(sample.image)}
         pixels = image.astype(np.float32) / 255.0
-        if self.mode == "synthetic":
-            foreground = self.foreground_cache.get(sample.image, image, self.foreground_rule)
+        if foreground is not None:
             pixels, mask = self.synthesizer(
                 pixels, foreground, np.random.default_rng((self.seed, epoch, index))
             )

@@ -108,8 +108,8 @@ class AmplificationLoss(nn.Module):
         ):
             focal = focal + focal_loss(gate, target, self.focal_alpha, self.focal_gamma, self.focal_eps)
             normal = target == 0
-            if foreground is not None:
-                normal &= F.adaptive_avg_pool2d(foreground.float(), f.shape[-2:]) > 0.5
+            if foreground is not None:  # the authors pool and threshold the foreground like the mask
+                normal &= F.adaptive_avg_pool2d(foreground.float(), f.shape[-2:]) > self.mask_threshold
             amp = amp + amplification_loss(
                 f, fa, target > 0, normal, self.margin, self.max_normal, self.max_anomalous, generator
             )

@@ -133,7 +133,7 @@ def test_tiny_foreground_gives_clean_output_after_max_tries(image, monkeypatch) 
 
 
 def test_foreground_of_another_size_is_rejected(image) -> None:
-    with pytest.raises(ValueError, match="resized image"):
+    with pytest.raises(ValueError, match="resize the foreground to the image size"):
         _synthesizer()(image, np.ones((10, 10), bool), np.random.default_rng(0))
 
 

@@ -11,6 +11,10 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 FOREGROUND_KINDS = ("whole", "threshold", "disc", "rect")
 
@@ -21,7 +25,7 @@ class ForegroundRule:
 
     kind: "whole" (every pixel), "threshold" (grayscale, Gaussian blur `blur_sigma`, > `threshold`,
     flipped by `invert`), "disc" (centred disc of radius `radius`·H), "rect" (centred rectangle
-    covering `extent` of each side).
+    covering `extent` of each side). Lengths are in pixels of the native image, where rules run.
     """
 
     kind: str = "whole"
@@ -50,47 +54,71 @@ def select_rule(rules: Mapping[str, Mapping[str, Any]] | None, category: str) ->
 
 
 def _centred_disc(height: int, width: int, radius: float) -> np.ndarray:
-    """Pixels whose centre lies within `radius` pixels of the image centre."""
-    ys = np.arange(height, dtype=np.float32)[:, None] - (height - 1) / 2.0
-    xs = np.arange(width, dtype=np.float32)[None, :] - (width - 1) / 2.0
-    return ys * ys + xs * xs <= radius * radius
+    """Pixels within int(`radius`·H) of pixel (H//2, W//2), as the authors' fore_extractor.py draws it."""
+    ys = np.arange(height)[:, None] - height // 2
+    xs = np.arange(width)[None, :] - width // 2
+    pixels = int(radius * height)
+    return ys * ys + xs * xs <= pixels * pixels
 
 
 def _centred_rect(height: int, width: int, extent: float) -> np.ndarray:
-    """A centred rectangle spanning `extent` of the height and of the width."""
-    mask = np.zeros((height, width), bool)
-    rows, cols = round(extent * height), round(extent * width)
-    top, left = (height - rows) // 2, (width - cols) // 2
-    mask[top : top + rows, left : left + cols] = True
-    return mask
+    """Pixels within int(`extent`/2 · side) of pixel (H//2, W//2) on each axis, bounds included (authors')."""
+    half_h, half_w = int(extent / 2 * height), int(extent / 2 * width)
+    rows = np.abs(np.arange(height) - height // 2) <= half_h
+    cols = np.abs(np.arange(width) - width // 2) <= half_w
+    return rows[:, None] & cols[None, :]
 
 
 def _thresholded(image: np.ndarray, rule: ForegroundRule) -> np.ndarray:
-    """Blurred grayscale above the threshold (or at/below it when inverted)."""
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    """Blurred grayscale above the threshold (or at/below it when inverted).
+
+    PIL's grayscale and scipy's uint8 Gaussian (reflect borders, truncated at 4 sigma, rounded after
+    each axis) are what the authors' fore_extractor.py runs; cv2's differ by a grey level here and there.
+    """
+    gray = np.asarray(Image.fromarray(image).convert("L"))
     if rule.blur_sigma > 0:
-        gray = cv2.GaussianBlur(gray, (0, 0), rule.blur_sigma)
+        gray = gaussian_filter(gray, rule.blur_sigma)
     return (gray <= rule.threshold) if rule.invert else (gray > rule.threshold)
 
 
-def foreground_mask(image: np.ndarray, rule: ForegroundRule) -> np.ndarray:
-    """A bool (H, W) mask of where anomalies may be synthesised on a uint8 (H, W, 3) RGB image."""
+def _native_mask(image: np.ndarray, rule: ForegroundRule) -> np.ndarray:
+    """The rule applied to the image at the resolution it is given."""
     height, width = image.shape[:2]
     if rule.kind == "threshold":
         return _thresholded(image, rule)
     if rule.kind == "disc":
-        return _centred_disc(height, width, rule.radius * height)
+        return _centred_disc(height, width, rule.radius)
     if rule.kind == "rect":
         return _centred_rect(height, width, rule.extent)
     return np.ones((height, width), bool)
 
 
-class ForegroundCache:
-    """Foreground masks computed once per (file, size, rule): in memory, or as small PNGs under cache_dir.
+def nearest_resize(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A bool mask resized with torch's nearest (source index floor(i·in/out)), as the authors do."""
+    if mask.shape == tuple(size):
+        return mask
+    tensor = torch.from_numpy(mask.astype(np.uint8))[None, None]
+    return F.interpolate(tensor, size=tuple(size), mode="nearest")[0, 0].numpy() > 0
 
-    The key hashes the resolved path, its mtime, the image shape and the rule, so an edited image,
-    another resize or a changed rule never reuses a stale mask. Files are written atomically, so
-    DataLoader workers may share one cache_dir.
+
+def foreground_mask(
+    image: np.ndarray, rule: ForegroundRule, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A bool mask of where anomalies may be synthesised on a uint8 (H, W, 3) RGB image.
+
+    Pass the image at its native resolution: the rule (and its blur of sigma pixels) runs there, as
+    in the authors' code, and the mask is then nearest-resized to `size` (H, W) when given.
+    """
+    mask = _native_mask(image, rule)
+    return mask if size is None else nearest_resize(mask, size)
+
+
+class ForegroundCache:
+    """Foreground masks computed once per (file, rule, size): in memory, or as small PNGs under cache_dir.
+
+    The key hashes the resolved path, its mtime, the native image shape, the rule and the target size,
+    so an edited image, another resize or a changed rule never reuses a stale mask. Files are written
+    atomically, so DataLoader workers may share one cache_dir.
     """
 
     def __init__(self, cache_dir: str | Path | None = None) -> None:
@@ -98,31 +126,34 @@ class ForegroundCache:
         self._memory: dict[str, np.ndarray] = {}
 
     @staticmethod
-    def key(image_path: Path, image: np.ndarray, rule: ForegroundRule) -> str:
+    def key(image_path: Path, image: np.ndarray, rule: ForegroundRule, size: tuple[int, int]) -> str:
         """Hash identifying one mask."""
         path = Path(image_path).resolve()
-        text = f"{path}|{path.stat().st_mtime_ns}|{image.shape}|{rule!r}"
+        text = f"{path}|{path.stat().st_mtime_ns}|{image.shape}|{rule!r}|{tuple(size)}"
         return hashlib.sha1(text.encode()).hexdigest()
 
-    def get(self, image_path: Path, image: np.ndarray, rule: ForegroundRule) -> np.ndarray:
-        """The foreground mask of `image` (read from `image_path`), from the cache when present.
+    def get(
+        self, image_path: Path, image: np.ndarray, rule: ForegroundRule, size: tuple[int, int]
+    ) -> np.ndarray:
+        """The (H, W) = `size` foreground of the native-resolution `image` read from `image_path`.
 
-        Always a fresh array, so callers may modify it without corrupting the cache.
+        From the cache when present; always a fresh array, so callers may modify it without
+        corrupting the cache.
         """
-        key = self.key(image_path, image, rule)
+        key = self.key(image_path, image, rule, size)
         if self.cache_dir is None:
             if key not in self._memory:
-                self._memory[key] = foreground_mask(image, rule)
+                self._memory[key] = foreground_mask(image, rule, size)
             return self._memory[key].copy()
-        return self._from_disk(self.cache_dir / f"{key}.png", image, rule)
+        return self._from_disk(self.cache_dir / f"{key}.png", image, rule, size)
 
     @staticmethod
-    def _from_disk(file: Path, image: np.ndarray, rule: ForegroundRule) -> np.ndarray:
+    def _from_disk(file: Path, image: np.ndarray, rule: ForegroundRule, size: tuple[int, int]) -> np.ndarray:
         """Read the cached PNG, else compute the mask and write it (a bad or mis-sized file is redone)."""
         cached = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE) if file.exists() else None
-        if cached is not None and cached.shape == image.shape[:2]:
+        if cached is not None and cached.shape == tuple(size):
             return cached > 0
-        mask = foreground_mask(image, rule)
+        mask = foreground_mask(image, rule, size)
         file.parent.mkdir(parents=True, exist_ok=True)
         partial = file.with_name(f"{file.stem}.{os.getpid()}.partial.png")
         cv2.imwrite(str(partial), mask.astype(np.uint8) * 255)

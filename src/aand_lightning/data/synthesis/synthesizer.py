@@ -75,7 +75,7 @@ class AnomalySynthesizer:
         if foreground.shape != image.shape[:2]:
             raise ValueError(
                 f"Foreground shape {foreground.shape} differs from image size {image.shape[:2]}; "
-                "compute the foreground on the resized image."
+                "resize the foreground to the image size."
             )
         empty = np.zeros(foreground.shape, np.float32)
         if rng.random() < self.clean_probability:

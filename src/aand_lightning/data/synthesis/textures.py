@@ -9,6 +9,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
 
 from aand_lightning.data.records import DatasetError
 
@@ -24,81 +25,129 @@ class TextureSource(Protocol):
         ...
 
 
-def _lut(image: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Apply a 256-entry lookup table (shared or one column per channel): the cheap way to remap pixels."""
-    table = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
-    return cv2.LUT(image, table.reshape(1, 256, -1))
+def _lut(image: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Apply a 256-entry uint8 lookup table (shared, or one column per channel): imgaug's apply_lut."""
+    return cv2.LUT(image, np.ascontiguousarray(table, dtype=np.uint8).reshape(1, 256, -1))
 
 
 def gamma_contrast(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Gamma curve with gamma ~ U(0.5, 2)."""
-    return _lut(image, 255.0 * (_LEVELS / 255.0) ** rng.uniform(0.5, 2.0))
+    """imgaug GammaContrast((0.5, 2.0), per_channel=True): one gamma ~ U(0.5, 2) per channel.
+
+    Table 255·(v/255)^gamma in float32, truncated to uint8 as imgaug's adjust_contrast_gamma does.
+    """
+    gammas = rng.uniform(0.5, 2.0, size=3).astype(np.float32)
+    levels = np.linspace(0.0, 1.0, 256, dtype=np.float32)[:, None]
+    return _lut(image, np.clip(levels**gammas * 255, 0, 255).astype(np.uint8))
+
+
+# (to, back, brightness channel) of imgaug's WithBrightnessChannels colour spaces, drawn uniformly per image.
+_BRIGHTNESS_SPACES = (
+    (cv2.COLOR_RGB2YCrCb, cv2.COLOR_YCrCb2RGB, 0),
+    (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB, 2),
+    (cv2.COLOR_RGB2HLS, cv2.COLOR_HLS2RGB, 1),
+    (cv2.COLOR_RGB2Lab, cv2.COLOR_Lab2RGB, 0),
+    (cv2.COLOR_RGB2Luv, cv2.COLOR_Luv2RGB, 0),
+    (cv2.COLOR_RGB2YUV, cv2.COLOR_YUV2RGB, 0),
+)
 
 
 def brightness(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Multiply by U(0.8, 1.2) and add U(-30, 30)."""
-    return _lut(image, _LEVELS * rng.uniform(0.8, 1.2) + rng.uniform(-30.0, 30.0))
+    """imgaug MultiplyAndAddToBrightness(mul=(0.8, 1.2), add=(-30, 30)) on a brightness channel, not RGB.
+
+    The colour space is one of YCrCb, HSV, HLS, Lab, Luv, YUV (imgaug's default list); only its
+    brightness channel changes: multiplied by U(0.8, 1.2) (float32 table, truncated) and shifted by
+    round(U(-30, 30)), in random order.
+    """
+    to_space, back, channel = _BRIGHTNESS_SPACES[rng.integers(len(_BRIGHTNESS_SPACES))]
+    multiply = np.clip(_LEVELS * np.float32(rng.uniform(0.8, 1.2)), 0, 255).astype(np.uint8)
+    add = np.clip(np.arange(256) + int(np.round(rng.uniform(-30.0, 30.0))), 0, 255).astype(np.uint8)
+    table = add[multiply] if rng.random() < 0.5 else multiply[add]
+    converted = cv2.cvtColor(image, to_space)
+    converted[..., channel] = table[converted[..., channel]]
+    return cv2.cvtColor(converted, back)
 
 
-def sharpen(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """imgaug's Sharpen: blend identity with a lightness-weighted Laplacian kernel."""
-    alpha, lightness = rng.uniform(0.0, 1.0), rng.uniform(0.5, 2.0)
-    identity = np.zeros((3, 3), np.float32)
-    identity[1, 1] = 1.0
-    laplace = np.full((3, 3), -1.0, np.float32)
-    laplace[1, 1] = 8.0 + lightness
-    return cv2.filter2D(image, -1, (1.0 - alpha) * identity + alpha * laplace)
+def sharpness(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """imgaug pillike.EnhanceSharpness(): PIL's ImageEnhance.Sharpness with factor ~ U(0, 2)."""
+    return np.asarray(ImageEnhance.Sharpness(Image.fromarray(image)).enhance(rng.uniform(0.0, 2.0)))
 
 
 def hue_saturation(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Shift hue (OpenCV's 0..179 wheel, wrapping) and saturation by up to ±50."""
+    """imgaug AddToHueAndSaturation((-50, 50), per_channel=True): hue and saturation shifts drawn apart.
+
+    Both are integers in -50..50; the hue one is scaled to OpenCV's 0..179 wheel as imgaug does
+    (int(h / 255 · 180), so -35..35) and wraps; saturation is clipped.
+    """
     hue, saturation = rng.integers(-50, 51, size=2)
-    table = np.stack([(_LEVELS + hue) % 180, _LEVELS + saturation, _LEVELS], axis=1)
+    hue = int(np.float32(hue) / np.float32(255.0) * np.float32(180.0))
+    levels = np.arange(256)
+    table = np.stack([(levels + hue) % 180, np.clip(levels + saturation, 0, 255), levels], axis=1)
     hsv = _lut(cv2.cvtColor(image, cv2.COLOR_RGB2HSV), table)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
 def solarize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Invert the levels above a threshold ~ U{32..128}."""
-    cut = rng.integers(32, 129)
+    """imgaug Solarize(0.5, threshold=(32, 128)): with probability 0.5, invert levels >= int(U(32, 128))."""
+    if rng.random() >= 0.5:
+        return image
+    cut = int(rng.uniform(32.0, 128.0))
     return _lut(image, np.where(cut <= _LEVELS, 255.0 - _LEVELS, _LEVELS))
 
 
 def posterize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Keep only the top 2..5 bits of each level."""
-    keep = 0xFF & ~((1 << (8 - int(rng.integers(2, 6)))) - 1)
-    return _lut(image, (np.arange(256) & keep).astype(np.float32))
+    """imgaug Posterize() (UniformColorQuantizationToNBits): keep the top U{1..8} bits of every level."""
+    bits = int(rng.integers(1, 9))
+    return _lut(image, np.arange(256) & (0xFF << (8 - bits)) & 0xFF)
 
 
 def invert(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Negative image (rng unused; kept for the common augmentation signature)."""
+    """imgaug Invert(): the negative, always (rng unused; kept for the common augmentation signature)."""
     return _lut(image, 255.0 - _LEVELS)
 
 
 def autocontrast(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Stretch each channel's min..max to 0..255 (cv2.minMaxLoc: numpy's strided min is 20x slower)."""
-    extremes = np.array([cv2.minMaxLoc(channel)[:2] for channel in cv2.split(image)], np.float32)
-    low, span = extremes[:, 0], np.maximum(extremes[:, 1] - extremes[:, 0], 1.0)
-    return _lut(image, (_LEVELS[:, None] - low) * (255.0 / span))
+    """imgaug pillike.Autocontrast(): PIL's ImageOps.autocontrast with cutoff ~ U{0..20} percent."""
+    return np.asarray(ImageOps.autocontrast(Image.fromarray(image), cutoff=int(rng.integers(0, 21))))
+
+
+def _equalize_table(channel: np.ndarray) -> np.ndarray:
+    """imgaug's equalize lookup for one channel: its own re-implementation of PIL's, which it runs on
+    images of 4096 values and more (RGB from about 37x37 px: every size we train at).
+
+    It differs from PIL's ImageOps.equalize in one place: the step is the count of all levels but 255
+    divided by 255, where PIL leaves out the highest level present rather than level 255.
+    """
+    histogram = cv2.calcHist([channel], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    step = histogram[:-1].sum() // 255
+    if np.count_nonzero(histogram) <= 1 or step == 0:
+        return np.arange(256)
+    below = np.concatenate([[0], np.cumsum(histogram)[:-1]])
+    return np.minimum((step // 2 + below) // step, 255)
 
 
 def equalize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Histogram-equalise each channel."""
-    return cv2.merge([cv2.equalizeHist(channel) for channel in cv2.split(image)])
+    """imgaug pillike.Equalize(): histogram-equalise each channel (rng unused)."""
+    return _lut(image, np.stack([_equalize_table(c) for c in cv2.split(image)], axis=1))
 
 
 def rotate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Rotate by U(-45, 45) degrees about the centre, reflecting at the borders (no black corners)."""
+    """imgaug Affine(rotate=(-45, 45)): bilinear rotation about the centre, black corners (cval 0).
+
+    imgaug rotates by +angle in its y-down frame, which is cv2.getRotationMatrix2D's -angle.
+    """
     height, width = image.shape[:2]
-    matrix = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), rng.uniform(-45.0, 45.0), 1.0)
-    return cv2.warpAffine(image, matrix, (width, height), borderMode=cv2.BORDER_REFLECT_101)
+    centre = ((width - 1) / 2.0, (height - 1) / 2.0)
+    matrix = cv2.getRotationMatrix2D(centre, -rng.uniform(-45.0, 45.0), 1.0)
+    return cv2.warpAffine(
+        image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
 
 
 Augmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 AUGMENTATIONS: tuple[Augmentation, ...] = (
     gamma_contrast,
     brightness,
-    sharpen,
+    sharpness,
     hue_saturation,
     solarize,
     posterize,
@@ -146,7 +195,7 @@ class TextureFolder:
         image = cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR)
         if image is None:
             raise DatasetError(f"Texture {self.paths[index]} cannot be read; delete or replace that file.")
-        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)  # the authors' (default)
         texture = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
         if len(self._cache) < self.max_cached:
             self._cache[key] = texture
