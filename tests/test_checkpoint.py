@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from aand_lightning.callbacks.teacher_handoff import save_teacher
 from aand_lightning.checkpoint import CheckpointError, load_model
+from aand_lightning.handoff import save_teacher
 from aand_lightning.models.build import build_amplified_teacher
 
 
@@ -23,9 +23,13 @@ def test_wrong_files_name_the_fix(tmp_path):
     with pytest.raises(CheckpointError, match=r"distill/checkpoints/last\.ckpt"):
         load_model(tmp_path / "missing.ckpt")
     teacher = build_amplified_teacher({"name": "resnet18", "weights": "none"}, {"num_prototypes": 2})
-    save_teacher(tmp_path / "teacher.pt", teacher, "resnet18", {"num_prototypes": 2})
+    save_teacher(tmp_path / "teacher.pt", teacher, {"name": "resnet18"}, {"num_prototypes": 2})
     with pytest.raises(CheckpointError, match="stage-1 teacher artifact"):
         load_model(tmp_path / "teacher.pt")
     torch.save({"state_dict": {}, "hyper_parameters": {}}, tmp_path / "stage1.ckpt")
     with pytest.raises(CheckpointError, match="not a stage-2"):
         load_model(tmp_path / "stage1.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match=r"junk\.ckpt is not a stage-2 checkpoint") as error:
+        load_model(tmp_path / "junk.ckpt")
+    assert "weights_only" not in str(error.value)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aand_lightning.callbacks.teacher_handoff import TeacherArtifactError, read_teacher
+from aand_lightning.handoff import TeacherArtifactError, load_teacher
 
 
 def _train(tmp: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -88,16 +88,21 @@ def test_distill_without_teacher_names_the_fix(stage_all, tmp_path):
     assert "teacher_ckpt=" in result.stderr
 
 
-def test_teacher_backbone_mismatch_is_an_error(stage_all):
+def test_teacher_is_rebuilt_from_its_own_settings_and_a_disagreeing_config_is_refused(stage_all, tmp_path):
     artifact = stage_all / "amplify" / "teacher.pt"
-    assert (
-        read_teacher(artifact, "resnet18", {"num_prototypes": 50, "max_hidden": 1024})["backbone"]
-        == "resnet18"
-    )
-    with pytest.raises(TeacherArtifactError, match="backbone=resnet18"):
-        read_teacher(artifact, "tf_efficientnet_lite0", {"num_prototypes": 50})
-    with pytest.raises(TeacherArtifactError, match=r"raa\.num_prototypes=50"):
-        read_teacher(artifact, "resnet18", {"num_prototypes": 8})
+    raa = {"enabled": True, "num_prototypes": 50, "temperature": 0.2, "max_hidden": 1024, "eps": 1e-8}
+    teacher = load_teacher(artifact, {"name": "resnet18", "weights": "imagenet"}, raa)
+    assert teacher.raa[0].temperature == 0.2 and len(teacher.raa) == 3
+    with pytest.raises(TeacherArtifactError, match=r"pass backbone=resnet18 "):
+        load_teacher(artifact, {"name": "tf_efficientnet_lite0"}, raa)
+    for key, value in (("num_prototypes", 8), ("temperature", 0.5), ("eps", 1e-6)):
+        with pytest.raises(TeacherArtifactError, match=rf"pass raa\.{key}={raa[key]} "):
+            load_teacher(artifact, {"name": "resnet18"}, raa | {key: value})
+    junk = tmp_path / "teacher.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(TeacherArtifactError, match="is not a stage-1 teacher artifact") as error:
+        load_teacher(junk, {"name": "resnet18"}, raa)
+    assert "weights_only" not in str(error.value)
 
 
 def test_wandb_logger_works_offline(stage_all, tmp_path, monkeypatch):
@@ -123,7 +128,7 @@ def test_wandb_logger_works_offline(stage_all, tmp_path, monkeypatch):
 )
 def test_fast_paths_keep_the_metrics(stage_all, tmp_path, fast_path, tolerance):
     """Evaluation of the same (untrained, seeded) model with and without a fast path."""
-    common = ["stage=distill", "raa=off", "distill.epochs=0"]
+    common = ["stage=distill", "raa=off", "trainer.limit_train_batches=0"]
     reference = _train(stage_all.parent, tmp_path / "fp32", *common)
     fast = _train(stage_all.parent, tmp_path / "fast", *common, *fast_path)
     assert reference.returncode == 0 and fast.returncode == 0, fast.stderr[-3000:]

@@ -207,6 +207,7 @@ def run_distill(
         "raa": _plain(cfg.raa),
         "anomaly_map": _plain(cfg.anomaly_map),
         "image_size": _plain(cfg.dataset.image_size),
+        "interpolation": cfg.datamodule.interpolation,
         "mean": list(datamodule.mean),
         "std": list(datamodule.std),
     }
@@ -241,7 +242,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
             "or ckpt_path=last to continue a stage=all run."
         )
     (run_dir / FAILED).unlink(missing_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: AnomalyDataModule = instantiate(cfg.datamodule)
     datamodule.setup()  # lists and decodes every file now: bad data fails before a model is built
     resuming = cfg.ckpt_path is not None

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from aand_lightning.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -41,7 +43,10 @@ class Resize:
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
             choices = ", ".join(INTERPOLATIONS)
-            raise ValueError(f"Unknown interpolation {self.interpolation!r}; use one of {choices}.")
+            raise UserError(
+                f"Unknown interpolation {self.interpolation!r}; "
+                f"set datamodule.interpolation to one of {choices}."
+            )
 
     def _pil(self, array: np.ndarray, resample: Image.Resampling) -> np.ndarray:
         height, width = self.size

@@ -1,0 +1,59 @@
+"""Bad config values fail before any model is built, with one sentence naming the key."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from aand_lightning.checks import ConfigError, check_config, check_wandb
+from aand_lightning.config import config_dir
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("datamodule.batch_size=0", "datamodule.batch_size=0"),
+        ("datamodule.eval_batch_size=-1", "datamodule.eval_batch_size=-1"),
+        ("dataset.image_size=0", "dataset.image_size=0"),
+        ("dataset.image_size=abc", "dataset.image_size=abc"),
+        ("dataset.image_size=30", "dataset.image_size=30"),
+        ("dataset.image_size=[256,100]", "dataset.image_size=[256, 100]"),
+        ("amplify.epochs=0", "amplify.epochs=0"),
+        ("distill.epochs=0", "distill.epochs=0"),
+        ("datamodule.val_fraction=1.0", "datamodule.val_fraction=1.0"),
+        ("distill.threshold_quantile=1.5", "distill.threshold_quantile=1.5"),
+        ("evaluation.fpr_limit=0", "evaluation.fpr_limit=0"),
+        ("synthesis.clean_probability=-0.1", "synthesis.clean_probability=-0.1"),
+        ("ckpt_path=/no/such/file.ckpt", "ckpt_path=/no/such/file.ckpt"),
+    ],
+)
+def test_bad_value_names_its_key(override, key):
+    with pytest.raises(ConfigError) as error:
+        check_config(_cfg(override))
+    message = str(error.value)
+    assert message.startswith(key) and message.endswith(".") and "\n" not in message
+
+
+@pytest.mark.parametrize("size", ["256", "64", "[256,320]"])
+def test_sizes_that_fit_the_strides_pass(size):
+    check_config(_cfg(f"dataset.image_size={size}"))
+
+
+def test_epochs_of_a_stage_that_does_not_run_are_not_checked():
+    check_config(_cfg("stage=distill", "amplify.epochs=0"))
+
+
+def test_wandb_without_credentials_names_every_way_out(monkeypatch, tmp_path):
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    with pytest.raises(ConfigError, match=r"wandb login.*WANDB_MODE=offline.*logger=csv"):
+        check_wandb()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    check_wandb()  # credentials in the netrc file
+    (tmp_path / "netrc").unlink()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check_wandb()

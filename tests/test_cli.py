@@ -1,0 +1,135 @@
+"""What a user meets at the command line when something is wrong: one sentence, exit status 2, no
+traceback, and no run directory that looks finished or resumable; sweeps go on past a failed job."""
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aand_lightning.data.demo import ensure_category
+
+
+def _cli(
+    module: str, *args: str, cwd: Path, env: dict | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"aand_lightning.{module}", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300, env=env, **kwargs,
+    )  # fmt: skip
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0].endswith(".") and result.stderr.rstrip().endswith(errors[0])
+    return errors[0]
+
+
+def test_train_error_is_one_line_and_leaves_no_run(tmp_path, smoke):
+    run_dir = tmp_path / "run"
+    result = _cli("train", *smoke, "dataset.image_size=30", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    line = _one_error_line(result)
+    assert "dataset.image_size=30" in line and "multiple of 32" in line
+    leftovers = {p.name for p in run_dir.iterdir()}
+    assert leftovers <= {"failed.json", ".hydra", "train.log"}, leftovers
+    assert json.loads((run_dir / "failed.json").read_text())["error"] == line.removeprefix("Error: ")
+
+
+def test_full_traceback_on_request(tmp_path, smoke):
+    env = os.environ | {"HYDRA_FULL_ERROR": "1"}
+    result = _cli(
+        "train", *smoke, "datamodule.batch_size=0", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, env=env
+    )
+    assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+@pytest.mark.parametrize("module", ["predict", "export"])
+def test_a_file_that_is_no_checkpoint_is_one_line(module, tmp_path):
+    junk = tmp_path / "model.ckpt"
+    junk.write_bytes(os.urandom(2048))
+    args = [f"ckpt={junk}", f"input={tmp_path}"] if module == "predict" else [f"ckpt={junk}"]
+    line = _one_error_line(_cli(module, *args, cwd=tmp_path))
+    assert str(junk) in line and "stage-2 checkpoint" in line and "weights_only" not in line
+
+
+def test_backbone_weights_that_are_no_weights_is_one_line(tmp_path, smoke):
+    junk = tmp_path / "weights.pth"
+    junk.write_bytes(os.urandom(2048))
+    overrides = [*smoke, f"backbone.weights={junk}", "stage=distill", "raa=off"]
+    result = _cli(
+        "train",
+        *overrides,
+        f"dataset.root={tmp_path / 'demo'}",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+    )
+    line = _one_error_line(result)
+    assert str(junk) in line and "weights_only" not in line
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["no_tty", "tty"])
+def test_wandb_without_credentials_stops_before_training_and_never_prompts(tty, tmp_path, smoke):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env |= {"HOME": str(tmp_path), "NETRC": str(tmp_path / "no_netrc")}
+    overrides = [
+        *smoke,
+        "logger=wandb",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        f"dataset.root={tmp_path / 'demo'}",
+    ]
+    if tty:  # a terminal on stdin, where wandb would otherwise wait at its login prompt
+        leader, follower = pty.openpty()
+        result = _cli("train", *overrides, cwd=tmp_path, env=env, stdin=follower)
+        os.close(leader)
+        os.close(follower)
+    else:
+        result = _cli("train", *overrides, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL)
+    line = _one_error_line(result)
+    for way_out in ("wandb login", "WANDB_MODE=offline", "logger=csv"):
+        assert way_out in line
+
+
+def test_sweep_survives_a_failing_job_and_reports_it(tmp_path, smoke):
+    """Two categories, one with no data: the other still runs, the summary has both rows, exit 1;
+    with logger=wandb (offline) both jobs share the sweep's group and the summary is logged too."""
+    good = ensure_category(tmp_path / "demo", "brick", image_size=64) / "train" / "good"
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "good_line").symlink_to(good, target_is_directory=True)
+    sweep_dir = tmp_path / "sweep"
+    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    result = _cli(
+        "train", "-m", *smoke, "stage=all", "dataset=folder", "dataset.category=good_line,missing_line",
+        f"dataset.train_dir={tmp_path / 'parts'}/${{dataset.category}}", "logger=wandb",
+        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "| folder | good_line | distill |" in summary
+    assert "| folder | missing_line |" in summary and "missing_line does not exist" in summary
+    rows = (sweep_dir / "summary.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 + 1  # header, good_line's two stages, the failed job
+    group = f"sweep-{sweep_dir.name}".encode()
+    job_runs = list(sweep_dir.rglob("run-*.wandb"))
+    assert len(job_runs) == 3  # good_line amplify + distill, and the summary
+    assert all(group in run.read_bytes() for run in job_runs)
+    tables = list((sweep_dir / "wandb").rglob("*.table.json"))
+    assert tables and "missing_line" in tables[0].read_text()
+
+
+def test_one_training_image_stores_a_threshold_not_nan(train_in_process, tmp_path):
+    image = next((ensure_category(tmp_path / "demo", "brick", image_size=64) / "train" / "good").iterdir())
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / image.name).symlink_to(image)
+    with pytest.warns(UserWarning, match="No normal validation images"):
+        _, run_dir = train_in_process(
+            "single", "stage=distill", "raa=off", "dataset=folder", f"dataset.train_dir={tmp_path / 'single'}"
+        )
+    state = torch.load(run_dir / "distill" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert torch.isfinite(state["model.threshold"])
