@@ -79,9 +79,10 @@ class NormalityDistillation(AnomalyStage):
 
     def on_train_epoch_end(self) -> None:
         """Last epoch without a threshold from normal validation images: fall back to the train images."""
-        if self.current_epoch + 1 < self.trainer.max_epochs or not torch.isnan(self.model.threshold):
+        datamodule = self.trainer.datamodule  # None when fit on bare loaders: no split to fall back on
+        last_epoch = self.current_epoch + 1 >= self.trainer.max_epochs
+        if datamodule is None or not last_epoch or not torch.isnan(self.model.threshold):
             return
-        datamodule = self.trainer.datamodule
         loader = datamodule.loader(
             datamodule.dataset(datamodule.splits.train, "normal"), datamodule.eval_batch_size
         )
