@@ -34,7 +34,7 @@ def workdir(tmp_path_factory) -> Path:
 
 def test_ddp_and_single_process_evaluation_agree(workdir):
     """Same untrained model (same seed), test set split over 2 ranks without padding duplicates."""
-    overrides = ["stage=distill", "raa=off", "trainer.limit_train_batches=0"]
+    overrides = ["stage=distill", "raa=off", "++trainer.limit_train_batches=0"]
     single = _train(workdir, "single", *overrides)
     ddp = _train(workdir, "ddp_eval", *overrides, *DDP)
     a = json.loads((single / "distill" / "metrics.json").read_text())["metrics"]

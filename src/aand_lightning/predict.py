@@ -18,7 +18,6 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torchmetrics.functional.classification import binary_precision_recall_curve
 from tqdm import tqdm
 
 from aand_lightning.checkpoint import load_model
@@ -27,6 +26,7 @@ from aand_lightning.config import config_dir
 from aand_lightning.data.io import GOOD, IMAGE_SUFFIXES, CorruptImageError, read_image
 from aand_lightning.data.transforms import as_size, normalize, resize
 from aand_lightning.errors import UserError
+from aand_lightning.metrics.anomaly_metrics import f1_max
 from aand_lightning.models.aand import AAND
 from aand_lightning.visualization import heatmap_overlay, write_png
 
@@ -122,12 +122,9 @@ def choose_threshold(model: AAND, config: dict, cfg: DictConfig) -> float:
         raise PredictError(
             "threshold=f1 needs a labelled folder with a good/ subfolder and defect subfolders."
         )
-    precision, recall, thresholds = binary_precision_recall_curve(
-        torch.from_numpy(scores).double(), torch.from_numpy(labels), thresholds=None
-    )
-    f1 = (2 * precision * recall / (precision + recall)).nan_to_num(0.0)[:-1]
-    # the PR threshold t predicts score >= t; our decision is score > threshold: step just below t
-    return float(np.nextafter(thresholds[int(f1.argmax())].item(), -np.inf))
+    _, cut = f1_max(torch.from_numpy(scores), torch.from_numpy(labels))
+    # the F1 cut t predicts score >= t; our decision is score > threshold: step just below t
+    return float(np.nextafter(cut, -np.inf))
 
 
 def run(cfg: DictConfig) -> Path:

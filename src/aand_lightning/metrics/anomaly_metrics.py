@@ -85,18 +85,28 @@ def _check_pixel_batch(maps: torch.Tensor, masks: torch.Tensor, batch_size: int)
         )
 
 
-def _auroc_and_f1_max(scores: torch.Tensor, labels: torch.Tensor, level: str) -> tuple[float, float]:
-    """Exact AUROC and best F1 over all thresholds; nan with a warning when only one class is present.
+def _unit_interval(scores: torch.Tensor) -> torch.Tensor:
+    """Scores mapped affinely onto [0, 1] in float64: the order is kept exactly, and torchmetrics, which
+    applies a sigmoid to scores outside [0, 1] (merging large scores into ties), leaves them as they are."""
+    scores = scores.double()
+    low, high = scores.min(), scores.max()
+    return (scores - low) / (high - low) if high > low else torch.zeros_like(scores)
 
-    torchmetrics applies a sigmoid to scores outside [0, 1]. It is monotonic, but in float32 it would
-    merge distinct large scores into ties; in float64 order is kept for |score| up to about 20.
-    """
+
+def f1_max(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """The best F1 over every cut `score >= t`, and that t (one of the scores, exactly)."""
+    unit = _unit_interval(scores)
+    precision, recall, thresholds = binary_precision_recall_curve(unit, labels, thresholds=None)
+    f1 = (2 * precision * recall / (precision + recall)).nan_to_num(0.0)[:-1]  # last point: recall 0
+    best = int(f1.argmax())
+    return f1[best].item(), scores.double()[unit == thresholds[best]].min().item()
+
+
+def _auroc_and_f1_max(scores: torch.Tensor, labels: torch.Tensor, level: str) -> tuple[float, float]:
+    """Exact AUROC and best F1 over all thresholds; nan with a warning when only one class is present."""
     if labels.min() == labels.max():
         warnings.warn(
             f"Only one class in the {level} labels: {level} AUROC and F1-max are nan.", stacklevel=3
         )
         return math.nan, math.nan
-    scores = scores.double()
-    precision, recall, _ = binary_precision_recall_curve(scores, labels, thresholds=None)
-    f1 = (2 * precision * recall / (precision + recall)).nan_to_num(0.0)
-    return binary_auroc(scores, labels, thresholds=None).item(), f1.max().item()
+    return binary_auroc(_unit_interval(scores), labels, thresholds=None).item(), f1_max(scores, labels)[0]
