@@ -79,6 +79,15 @@ def test_paper_experiments_are_the_paper_protocol():
         assert cfg.backbone.name.startswith("wide_resnet50_2")
         categories = cfg.hydra.sweeper.params["dataset.category"].split(",")
         assert sorted(categories) == sorted(cfg.dataset.categories)
+        assert cfg.synthesis.textures == "dtd" and cfg.synthesis.texture_dir is None
+        assert cfg.dataset.download is True and cfg.dataset.source.download is True
+
+
+@pytest.mark.parametrize("experiment", [None, "demo", "quick"])
+def test_base_and_small_recipes_use_procedural_textures(experiment):
+    cfg = _compose([f"experiment={experiment}"] if experiment else [])
+    assert cfg.synthesis.textures == "procedural"
+    assert OmegaConf.to_container(cfg.synthesis)["dtd_root"] == "${paths.data_dir}/dtd"  # for textures=dtd
 
 
 def test_experiments_dir_is_the_experiment_group():

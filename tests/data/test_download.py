@@ -1,4 +1,5 @@
-"""download.fetch against a local HTTP server with Range support, serving tiny archives in real layouts."""
+"""download.fetch against a local HTTP server with Range support, serving tiny archives in real layouts;
+the readers (`dataset.download`) and the DTD texture source (`synthesis.textures=dtd`) fetching on use."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra.utils import instantiate
 
 from aand_lightning.data.catalog import CATALOG, Archive, CatalogEntry
-from aand_lightning.data.download import DOWNLOADS, DownloadError, fetch
+from aand_lightning.data.download import DOWNLOADS, DownloadError, fetch, fetch_into
 from aand_lightning.data.mvtec import MVTecAD
 from aand_lightning.data.mvtec3d import MVTec3DRGB
-from aand_lightning.data.synthesis.textures import TextureFolder
+from aand_lightning.data.records import DatasetError
+from aand_lightning.data.synthesis.textures import DTDTextures, TextureFolder
 from aand_lightning.data.visa import VisA
+from aand_lightning.errors import UserError
 
 
 @dataclasses.dataclass
@@ -333,4 +337,128 @@ def test_zip_archives_are_extracted_too(served, tmp_path, write_png):
 def test_unknown_dataset_name_lists_the_known_ones(tmp_path, one_sentence):
     with pytest.raises(DownloadError, match="dtd, mvtec, mvtec3d, visa") as caught:
         fetch("mnist", tmp_path)
+    one_sentence(str(caught.value))
+
+
+def test_fetch_into_a_folder_of_another_name_and_the_manual_step_for_it(
+    served, archive_of, tmp_path, one_sentence
+):
+    entry = served.entry("dtd", archive_of("dtd"))
+    target = tmp_path / "data" / "textures"
+
+    assert fetch_into(entry, target, progress=False) == target
+    assert len(TextureFolder(target / "images").paths) == 2 and not (tmp_path / "data" / "dtd").exists()
+
+    offline = dataclasses.replace(
+        entry, archives=(Archive(f"http://127.0.0.1:{_closed_port()}/d.tgz", "0" * 64),)
+    )
+    with pytest.raises(DownloadError) as caught:
+        fetch_into(offline, tmp_path / "other" / "textures", progress=False)
+    one_sentence(str(caught.value))
+    assert f"move the dtd folder it holds to {tmp_path / 'other' / 'textures'}" in str(caught.value)
+
+
+# --- readers fetch their dataset when dataset.root is missing (dataset.download, default true) ---
+
+_READERS = {"mvtec": ("bottle", 3), "mvtec3d": ("foam", 2), "visa": ("candle", 3)}  # category, train images
+
+
+@pytest.fixture
+def serve_catalog(served, archive_of, monkeypatch) -> Callable[[str], CatalogEntry]:
+    """Point catalog entry `name` at a tiny archive of its real layout on the local server."""
+
+    def serve(name: str) -> CatalogEntry:
+        entry = served.entry(name, archive_of(name))
+        monkeypatch.setitem(CATALOG, name, entry)
+        return entry
+
+    return serve
+
+
+@pytest.mark.parametrize("name", sorted(_READERS))
+def test_missing_root_is_fetched_by_the_configured_reader(name, serve_catalog, dataset_config, tmp_path):
+    serve_catalog(name)
+    category, train_images = _READERS[name]
+    data_dir = tmp_path / "data"
+    cfg = dataset_config(name, data_dir, f"dataset.category={category}")
+    assert cfg.dataset.download is True  # the default
+
+    splits = instantiate(cfg.dataset.source).splits()
+
+    assert len(splits.train) == train_images and splits.test
+    assert (data_dir / CATALOG[name].folder).is_dir()  # the default root is the catalog's folder
+
+
+@pytest.mark.parametrize("name", sorted(_READERS))
+def test_a_root_of_another_name_is_fetched_into_exactly_that_folder(
+    name, serve_catalog, dataset_config, tmp_path
+):
+    serve_catalog(name)
+    root = tmp_path / "datasets" / f"my_{name}"
+    root.mkdir(parents=True)  # an empty root counts as missing
+    cfg = dataset_config(
+        name, tmp_path / "data", f"dataset.root={root}", f"dataset.category={_READERS[name][0]}"
+    )
+
+    assert len(instantiate(cfg.dataset.source).splits().train) == _READERS[name][1]
+    assert sorted(p.name for p in root.parent.iterdir()) == [DOWNLOADS, root.name]
+
+
+@pytest.mark.parametrize("name", sorted(_READERS))
+def test_download_false_keeps_the_missing_root_error(name, serve_catalog, served, dataset_config, tmp_path):
+    serve_catalog(name)
+    cfg = dataset_config(name, tmp_path / "data", "dataset.download=false")
+
+    with pytest.raises(DatasetError, match=r"root .* does not exist; pass dataset\.root="):
+        instantiate(cfg.dataset.source).splits()
+    assert served.requests == [] and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("name", sorted(_READERS))
+def test_offline_reader_stops_in_seconds_naming_url_and_root(
+    name, monkeypatch, dataset_config, tmp_path, one_sentence
+):
+    url = f"http://127.0.0.1:{_closed_port()}/{CATALOG[name].archives[0].filename}"
+    monkeypatch.setitem(CATALOG, name, dataclasses.replace(CATALOG[name], archives=(Archive(url, "0" * 64),)))
+    root = tmp_path / "data" / CATALOG[name].folder
+    source = instantiate(dataset_config(name, tmp_path / "data").dataset.source)
+
+    began = time.monotonic()
+    with pytest.raises(DownloadError) as caught:
+        source.splits()
+    assert time.monotonic() - began < 5
+
+    assert isinstance(caught.value, UserError)  # the CLI prints it as one line, exit status 2
+    one_sentence(str(caught.value))
+    assert url in str(caught.value) and f"extract it into {root}" in str(caught.value)
+
+
+# --- synthesis.textures=dtd: DTD is fetched on first use, then its images/ are the textures ---
+
+
+def test_dtd_textures_are_fetched_on_first_use_and_read_from_images(
+    serve_catalog, served, dataset_config, tmp_path
+):
+    serve_catalog("dtd")
+    data_dir = tmp_path / "data"
+    cfg = dataset_config("demo", data_dir, "+synthesis=default", "synthesis.textures=dtd")
+    synthesizer = instantiate(cfg.synthesis)
+    source = synthesizer.texture_source
+    assert isinstance(source, DTDTextures) and served.requests == []  # nothing fetched by building it
+
+    assert source.description == f"dtd ({data_dir / 'dtd' / 'images'}, 2 images)"
+    texture = source.sample(np.random.default_rng(0), 16, 24)
+    assert texture.shape == (16, 24, 3) and texture.dtype == np.float32
+    image, mask = synthesizer(
+        np.zeros((16, 24, 3), np.float32), np.ones((16, 24), bool), np.random.default_rng(1)
+    )
+    assert image.shape == (16, 24, 3) and mask.shape == (16, 24)
+    assert len(served.requests) == 1
+
+
+def test_dtd_root_without_images_names_the_setting(tmp_path, one_sentence):
+    (tmp_path / "dtd" / "labels").mkdir(parents=True)  # present, so not fetched, but not DTD
+
+    with pytest.raises(DatasetError, match=r"synthesis\.dtd_root") as caught:
+        DTDTextures(tmp_path / "dtd").sample(np.random.default_rng(0), 8, 8)
     one_sentence(str(caught.value))

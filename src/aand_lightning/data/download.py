@@ -1,9 +1,10 @@
-"""Fetch a catalog dataset into `<data_dir>/<folder>` once, safely, also from many jobs at a time.
+"""Fetch a catalog dataset into `<data_dir>/<folder>` (or any folder) once, safely, also from many jobs.
 
-Downloads go to `<data_dir>/.downloads/<file>.part` and resume with an HTTP Range request; a file
-gets its final name only after its checksum matched. Archives are unpacked into a temporary folder
-next to the target and moved into place with one rename, so a dataset folder is either complete or
-absent (a non-empty target folder counts as installed: it is also what extracting by hand gives).
+Downloads go to `.downloads/<file>.part` next to the dataset folder and resume with an HTTP Range
+request; a file gets its final name only after its checksum matched. Archives are unpacked into a
+temporary folder next to the target and moved into place with one rename, so a dataset folder is
+either complete or absent (a non-empty target folder counts as installed: it is also what extracting
+by hand gives).
 A lock file per dataset makes parallel jobs download once: the others wait, then find the data.
 """
 
@@ -26,6 +27,7 @@ from urllib.request import Request, urlopen
 from tqdm import tqdm
 
 from aand_lightning.data.catalog import CATALOG, Archive, CatalogEntry
+from aand_lightning.errors import UserError
 
 DOWNLOADS = ".downloads"
 ATTEMPTS = 5  # tries per file while each try gets some bytes (a dropped connection resumes)
@@ -35,7 +37,7 @@ _CHUNK = 1 << 20
 _NETWORK_ERRORS = (URLError, OSError, http.client.HTTPException)
 
 
-class DownloadError(ValueError):
+class DownloadError(UserError):
     """A dataset could not be fetched; the message is one sentence that says what to do instead."""
 
 
@@ -59,12 +61,13 @@ def is_installed(target: Path) -> bool:
     return target.is_dir() and any(target.iterdir())
 
 
-def _by_hand(entry: CatalogEntry, data_dir: Path) -> str:
+def _by_hand(entry: CatalogEntry, target: Path) -> str:
     """The manual alternative, for error messages: where to extract the archive."""
-    target = data_dir / entry.folder
-    if entry.nested:
-        return f"extract it into {data_dir}, which gives {target}"
-    return f"extract it into {target}"
+    if not entry.nested:
+        return f"extract it into {target}"
+    if target.name == entry.folder:
+        return f"extract it into {target.parent}, which gives {target}"
+    return f"extract it and move the {entry.folder} folder it holds to {target}"
 
 
 @contextlib.contextmanager
@@ -187,11 +190,11 @@ def _extract(archive: Path, into: Path) -> None:
             raise DownloadError(f"Archive {archive} holds an unsafe member ({err}); delete it.") from err
 
 
-def _install(entry: CatalogEntry, archives: list[Path], data_dir: Path) -> None:
+def _install(entry: CatalogEntry, archives: list[Path], target: Path) -> None:
     """Extract next to the target, then rename into place; leftovers of an interrupted try are removed."""
-    for stale in data_dir.glob(f".{entry.folder}.extract-*"):
+    for stale in target.parent.glob(f".{target.name}.extract-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    workspace = Path(tempfile.mkdtemp(prefix=f".{entry.folder}.extract-", dir=data_dir))
+    workspace = Path(tempfile.mkdtemp(prefix=f".{target.name}.extract-", dir=target.parent))
     try:
         for archive in archives:
             _extract(archive, workspace)
@@ -200,7 +203,6 @@ def _install(entry: CatalogEntry, archives: list[Path], data_dir: Path) -> None:
             raise DownloadError(
                 f"Archive {archives[0]} has no top-level folder {entry.folder}; fix the catalog entry."
             )
-        target = data_dir / entry.folder
         if target.is_dir():  # empty (is_installed was False): rename replaces it
             target.rmdir()
         content.rename(target)
@@ -211,25 +213,32 @@ def _install(entry: CatalogEntry, archives: list[Path], data_dir: Path) -> None:
 def fetch(
     name_or_entry: str | CatalogEntry, data_dir: str | Path, progress: bool = True, timeout: float = 10.0
 ) -> Path:
-    """`<data_dir>/<folder>` of a catalog dataset, downloading and extracting it first if it is missing.
+    """`<data_dir>/<folder>` of a catalog dataset (its own folder name), fetched first if it is missing."""
+    entry = _entry(name_or_entry)
+    return fetch_into(entry, Path(data_dir) / entry.folder, progress, timeout)
+
+
+def fetch_into(
+    name_or_entry: str | CatalogEntry, target: str | Path, progress: bool = True, timeout: float = 10.0
+) -> Path:
+    """`target`, the dataset folder under any name, downloaded and extracted first if it is missing or empty.
 
     timeout (seconds) bounds connecting and each read, so an offline machine fails within seconds
     with a DownloadError that names the URL and where to extract a copy fetched elsewhere.
     """
     entry = _entry(name_or_entry)
-    data_dir = Path(data_dir)
-    target = data_dir / entry.folder
+    target = Path(target)
     if is_installed(target):
         return target
-    downloads = data_dir / DOWNLOADS
+    downloads = target.parent / DOWNLOADS
     downloads.mkdir(parents=True, exist_ok=True)
     with _locked(downloads / f"{entry.name}.lock", entry.title):
         if is_installed(target):  # another job fetched it while we waited
             return target
         print(f"{entry.title}, licence: {entry.licence}; fetching it into {target}.", file=sys.stderr)
-        by_hand = _by_hand(entry, data_dir)
+        by_hand = _by_hand(entry, target)
         archives = [_download(archive, downloads, timeout, progress, by_hand) for archive in entry.archives]
-        _install(entry, archives, data_dir)
+        _install(entry, archives, target)
         for archive in archives:
             archive.unlink()
     return target

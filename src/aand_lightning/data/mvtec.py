@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from aand_lightning.data.download import fetch_into
 from aand_lightning.data.io import category_dir, defect_samples, require_dir, require_images
 from aand_lightning.data.records import Sample, Splits
 
@@ -25,15 +26,21 @@ def mvtec_layout_splits(folder: Path) -> Splits:
 class MVTecAD:
     """Lists the samples of any category folder in MVTec AD layout; masks are paired by name.
 
-    `categories` (MVTec's own, from the config) only feeds the "did you mean" of a missing folder.
+    `categories` (MVTec's own, from the config) only feeds the "did you mean" of a missing folder;
+    `download` fetches MVTec AD into `root` when that folder is missing or empty.
     """
 
-    def __init__(self, root: str | Path, category: str, categories: Sequence[str] = ()) -> None:
+    def __init__(
+        self, root: str | Path, category: str, categories: Sequence[str] = (), download: bool = False
+    ) -> None:
         self.root = Path(root)
         self.category = category
         self.categories = tuple(categories)
+        self.download = download
 
     def splits(self) -> Splits:
         """Train (normal) and test samples, sorted by path."""
+        if self.download:
+            fetch_into("mvtec", self.root)
         folder = category_dir(self.root, self.category, self.categories, "MVTec AD", LAYOUT)
         return mvtec_layout_splits(folder)

@@ -142,10 +142,13 @@ def test_texture_dir_selects_a_folder(tmp_path: Path) -> None:
     assert isinstance(AnomalySynthesizer(texture_dir=str(tmp_path)).texture_source, TextureFolder)
 
 
-def test_default_config_builds_the_documented_synthesizer() -> None:
-    synthesize = instantiate(OmegaConf.load(CONFIG))
+def test_default_config_builds_the_documented_synthesizer(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "synthesis": OmegaConf.load(CONFIG)})
+    synthesize = instantiate(cfg.synthesis)
     assert isinstance(synthesize, AnomalySynthesizer)
     assert isinstance(synthesize.texture_source, ProceduralTextures)
+    assert synthesize.texture_source.description == "procedural (seed 0, 32 textures)"
+    assert list(tmp_path.iterdir()) == []  # nothing fetched for procedural textures
     assert (synthesize.clean_probability, synthesize.beta_max) == (0.2, 0.8)
     assert (synthesize.min_pixels, synthesize.max_tries) == (5, 10)
     assert synthesize.perlin == {

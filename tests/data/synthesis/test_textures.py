@@ -12,11 +12,13 @@ from aand_lightning.data.records import DatasetError
 from aand_lightning.data.synthesis import textures
 from aand_lightning.data.synthesis.textures import (
     AUGMENTATIONS,
+    DTDTextures,
     ProceduralTextures,
     TextureFolder,
     augment_texture,
     make_texture_source,
 )
+from aand_lightning.errors import UserError
 
 
 @pytest.fixture
@@ -63,10 +65,31 @@ def test_folder_is_read_recursively_and_resized(tmp_path: Path) -> None:
 
 def test_make_texture_source_picks_folder_or_fallback(tmp_path: Path) -> None:
     _write_image(tmp_path / "t.png", (10, 20, 30))
-    assert isinstance(make_texture_source(str(tmp_path)), TextureFolder)
+    folder = make_texture_source(str(tmp_path))
+    assert isinstance(folder, TextureFolder) and folder.description == f"folder ({tmp_path}, 1 images)"
+    assert isinstance(make_texture_source(str(tmp_path), textures="folder"), TextureFolder)
     fallback = make_texture_source(None, seed=3)
     assert isinstance(fallback, ProceduralTextures)
-    assert fallback.seed == 3
+    assert fallback.seed == 3 and fallback.description == "procedural (seed 3, 32 textures)"
+    dtd = make_texture_source(None, textures="dtd", dtd_root=tmp_path / "dtd")
+    assert isinstance(dtd, DTDTextures) and not (tmp_path / "dtd").exists()  # fetched on first use only
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "names"),
+    [
+        ({"textures": "imagenet"}, "procedural, dtd, folder"),
+        ({"textures": "folder"}, "synthesis.texture_dir="),
+        ({"textures": "dtd", "texture_dir": "/x", "dtd_root": "/d"}, "synthesis.textures=folder"),
+        ({"textures": "dtd"}, "synthesis.dtd_root"),
+    ],
+    ids=["unknown", "folder-without-dir", "dtd-and-dir", "dtd-without-root"],
+)
+def test_texture_choice_mistakes_name_the_setting(kwargs, names) -> None:
+    with pytest.raises(UserError) as caught:
+        make_texture_source(**kwargs)
+    message = str(caught.value)
+    assert names in message and message.endswith(".") and ". " not in message
 
 
 def test_procedural_bank_is_deterministic_per_seed() -> None:

@@ -9,6 +9,7 @@ from aand_lightning.data.synthesis.foreground import (
 from aand_lightning.data.synthesis.perlin import perlin_mask
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
 from aand_lightning.data.synthesis.textures import (
+    DTDTextures,
     ProceduralTextures,
     TextureFolder,
     TextureSource,
@@ -17,6 +18,7 @@ from aand_lightning.data.synthesis.textures import (
 
 __all__ = [
     "AnomalySynthesizer",
+    "DTDTextures",
     "ForegroundCache",
     "ForegroundRule",
     "ProceduralTextures",

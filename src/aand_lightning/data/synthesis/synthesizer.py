@@ -12,13 +12,17 @@ class AnomalySynthesizer:
     """DRAEM-style synthetic anomalies for AAND's amplification stage.
 
     Holds no random state: every draw comes from the `rng` passed to `__call__`, so a sample is
-    reproducible from its seed and the object pickles cleanly into DataLoader workers.
+    reproducible from its seed and the object pickles cleanly into DataLoader workers. The textures
+    come from `texture_source` when given, else from `textures` (procedural | dtd | folder, see
+    `make_texture_source`); `texture_source.description` names them.
     """
 
     def __init__(
         self,
         texture_source: TextureSource | None = None,
         texture_dir: str | None = None,
+        textures: str = "procedural",
+        dtd_root: str | None = None,
         clean_probability: float = 0.2,
         beta_max: float = 0.8,
         min_scale_exp: int = 0,
@@ -35,9 +39,9 @@ class AnomalySynthesizer:
             raise ValueError(f"beta_max must be in [0, 1], got {beta_max}; fix the config.")
         if max_tries < 1:
             raise ValueError(f"max_tries must be at least 1, got {max_tries}; fix the config.")
-        self.texture_source = (
-            make_texture_source(texture_dir, seed) if texture_source is None else texture_source
-        )
+        if texture_source is None:
+            texture_source = make_texture_source(texture_dir, seed, textures, dtd_root)
+        self.texture_source = texture_source
         self.clean_probability = clean_probability
         self.beta_max = beta_max
         self.perlin = {

@@ -1,4 +1,5 @@
-"""Texture sources that fill synthetic anomalies: a folder of images (DTD) or procedural textures."""
+"""Texture sources that fill synthetic anomalies: DTD (fetched when missing), a folder of images, or
+procedural textures that ship with the package (`synthesis.textures`)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,23 @@ import cv2
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from aand_lightning.data.download import fetch_into
 from aand_lightning.data.records import DatasetError
+from aand_lightning.errors import UserError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+TEXTURES = ("procedural", "dtd", "folder")  # the values of synthesis.textures
 _LEVELS = np.arange(256, dtype=np.float32)
 
 
 class TextureSource(Protocol):
-    """Gives one augmented texture per call; all randomness comes from `rng` for reproducibility."""
+    """Gives one augmented texture per call; all randomness comes from `rng` for reproducibility.
+
+    `description` says which textures a run used, in a few words (for metrics and summaries).
+    """
+
+    @property
+    def description(self) -> str: ...
 
     def sample(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         """A float32 (height, width, 3) RGB texture in [0, 1], already augmented."""
@@ -187,6 +197,10 @@ class TextureFolder:
         self.max_cached = max_cached
         self._cache: dict[tuple[int, int, int], np.ndarray] = {}
 
+    @property
+    def description(self) -> str:
+        return f"folder ({self.texture_dir}, {len(self.paths)} images)"
+
     def _load(self, index: int, height: int, width: int) -> np.ndarray:
         """The texture resized to (height, width) as uint8 RGB; small folders end up fully in memory."""
         key = (index, height, width)
@@ -275,6 +289,10 @@ class ProceduralTextures:
         self.num_textures = num_textures
         self._banks: dict[tuple[int, int], list[np.ndarray]] = {}
 
+    @property
+    def description(self) -> str:
+        return f"procedural (seed {self.seed}, {self.num_textures} textures)"
+
     def bank(self, height: int, width: int) -> list[np.ndarray]:
         """The uint8 RGB textures for one image size, generated once."""
         if (height, width) not in self._banks:
@@ -291,6 +309,64 @@ class ProceduralTextures:
         return augment_texture(textures[int(rng.integers(len(textures)))], rng)
 
 
-def make_texture_source(texture_dir: str | None, seed: int = 0) -> TextureSource:
-    """The texture folder when one is configured, else the procedural fallback."""
-    return TextureFolder(texture_dir) if texture_dir else ProceduralTextures(seed)
+class DTDTextures:
+    """The Describable Textures Dataset's `images/` (5640 photos in 47 classes), as the paper uses.
+
+    `root` is DTD's folder (holding images/); it is fetched there on first use when missing or empty,
+    not at construction, so a run that never synthesises (stage 2 alone) never downloads it. Touch
+    `description` in the main process before DataLoader workers start: the download then happens
+    once, with its progress bar, and a failure is the one-sentence DownloadError.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._folder: TextureFolder | None = None
+
+    @property
+    def folder(self) -> TextureFolder:
+        """The images, fetched and listed on first access."""
+        if self._folder is None:
+            images = fetch_into("dtd", self.root) / "images"
+            if not images.is_dir():
+                raise DatasetError(
+                    f"DTD folder {self.root} has no images/ folder; set synthesis.dtd_root to the folder "
+                    f"that holds DTD's images/, or empty {self.root} to fetch DTD there."
+                )
+            self._folder = TextureFolder(images)
+        return self._folder
+
+    @property
+    def description(self) -> str:
+        return f"dtd ({self.folder.texture_dir}, {len(self.folder.paths)} images)"
+
+    def sample(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+        """A random DTD image, resized and augmented."""
+        return self.folder.sample(rng, height, width)
+
+
+def make_texture_source(
+    texture_dir: str | Path | None = None,
+    seed: int = 0,
+    textures: str = "procedural",
+    dtd_root: str | Path | None = None,
+) -> TextureSource:
+    """The source `synthesis.textures` names: procedural | dtd (fetched into dtd_root) | folder (texture_dir).
+
+    A texture_dir alone also selects its folder, as before `textures` existed.
+    """
+    if textures not in TEXTURES:
+        raise UserError(f"synthesis.textures is {textures!r}; set it to one of {', '.join(TEXTURES)}.")
+    if textures == "dtd":
+        if texture_dir:
+            raise UserError(
+                "synthesis.textures=dtd fetches its own images but synthesis.texture_dir is set too; pass "
+                "synthesis.textures=folder to use that folder, or synthesis.texture_dir=null."
+            )
+        if not dtd_root:
+            raise UserError("synthesis.textures=dtd needs synthesis.dtd_root, the folder DTD is or goes in.")
+        return DTDTextures(dtd_root)
+    if texture_dir:
+        return TextureFolder(texture_dir)
+    if textures == "folder":
+        raise UserError("synthesis.textures=folder needs synthesis.texture_dir=/path/to/texture/images.")
+    return ProceduralTextures(seed)
