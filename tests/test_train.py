@@ -38,6 +38,7 @@ def test_stage_all_writes_metrics_teacher_checkpoints_and_heatmaps(stage_all):
     for stage in ("amplify", "distill"):
         record = json.loads((stage_all / stage / "metrics.json").read_text())
         assert record["stage"] == stage and record["dataset"] == "demo" and record["category"] == "brick"
+        assert record["textures"].startswith("procedural (seed 0")  # stage 2 reads it from the teacher
         for key in ("image_auroc", "pixel_auroc", "aupro"):
             assert 0.0 <= record["metrics"][key] <= 1.0
         assert (stage_all / stage / "checkpoints" / "last.ckpt").is_file()
@@ -91,8 +92,9 @@ def test_distill_without_teacher_names_the_fix(stage_all, tmp_path):
 def test_teacher_is_rebuilt_from_its_own_settings_and_a_disagreeing_config_is_refused(stage_all, tmp_path):
     artifact = stage_all / "amplify" / "teacher.pt"
     raa = {"enabled": True, "num_prototypes": 50, "temperature": 0.2, "max_hidden": 1024, "eps": 1e-8}
-    teacher = load_teacher(artifact, {"name": "resnet18", "weights": "imagenet"}, raa)
+    teacher, about = load_teacher(artifact, {"name": "resnet18", "weights": "imagenet"}, raa)
     assert teacher.raa[0].temperature == 0.2 and len(teacher.raa) == 3
+    assert about["textures"].startswith("procedural")
     with pytest.raises(TeacherArtifactError, match=r"pass backbone=resnet18 "):
         load_teacher(artifact, {"name": "tf_efficientnet_lite0"}, raa)
     for key, value in (("num_prototypes", 8), ("temperature", 0.5), ("eps", 1e-6)):

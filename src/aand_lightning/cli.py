@@ -27,13 +27,21 @@ def full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
 
 
+def user_error(error: BaseException) -> UserError | None:
+    """The UserError behind `error`: itself, or the cause Hydra's `instantiate` wrapped it in."""
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__
+    return error
+
+
 def reason(error: BaseException) -> str:
     """One line: the sentence of a user error, else the exception type and its first line."""
+    error = user_error(error) or error
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}".rstrip(": ")
 
 
-def exit_with(error: UserError) -> NoReturn:
+def exit_with(error: BaseException) -> NoReturn:
     print(f"Error: {reason(error)}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -43,8 +51,8 @@ def user_errors() -> Iterator[None]:
     """Around an entry point: a UserError ends the process with its one sentence."""
     try:
         yield
-    except UserError as error:
-        if full_error():
+    except Exception as error:
+        if full_error() or user_error(error) is None:
             raise
         exit_with(error)
 

@@ -51,15 +51,21 @@ class TeacherArtifactError(UserError):
 
 
 def save_teacher(
-    path: str | Path, teacher: AmplifiedTeacher, backbone: Mapping[str, Any], raa: Mapping[str, Any]
+    path: str | Path,
+    teacher: AmplifiedTeacher,
+    backbone: Mapping[str, Any],
+    raa: Mapping[str, Any],
+    textures: str | None = None,
 ) -> None:
-    """Weights of backbone + RAA and the settings they were trained with; written atomically."""
+    """Weights of backbone + RAA, the settings they were trained with and the texture source of their
+    synthetic anomalies; written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": ARTIFACT_FORMAT,
         "backbone": {"name": backbone["name"], "weights": backbone.get("weights")},
         "raa": dict(raa),
+        "textures": textures,
         "state_dict": teacher.state_dict(),
     }
     tmp = path.with_name(f".{path.name}.tmp")
@@ -115,13 +121,14 @@ def check_compatible(payload: Mapping[str, Any], backbone: Mapping[str, Any], ra
 
 def load_teacher(
     path: str | Path | None, backbone: Mapping[str, Any], raa: Mapping[str, Any]
-) -> AmplifiedTeacher:
-    """The frozen amplified teacher of stage 2, rebuilt from the artifact's own backbone and RAA settings."""
+) -> tuple[AmplifiedTeacher, dict[str, Any]]:
+    """The frozen amplified teacher of stage 2, rebuilt from the artifact's own backbone and RAA
+    settings, and what the artifact says of it (path, backbone, raa, textures)."""
     payload = read_teacher(path)
     check_compatible(payload, backbone, raa)
     teacher = build_amplified_teacher(payload["backbone"], payload["raa"], weights="none")
-    teacher.load_state_dict(payload["state_dict"])
-    return teacher
+    teacher.load_state_dict(payload.pop("state_dict"))
+    return teacher, payload
 
 
 def _files_fingerprint(samples: Iterable[Sample]) -> list[tuple[str, int, int]]:
@@ -143,7 +150,8 @@ def _stage1_settings(cfg: DictConfig) -> dict[str, Any]:
     plain["datamodule"] = {k: v for k, v in plain["datamodule"].items() if k not in _NOT_STAGE1_DATAMODULE}
     plain["trainer"] = {k: v for k, v in plain["trainer"].items() if k not in _NOT_STAGE1_TRAINER}
     plain["evaluation"] = {k: v for k, v in plain.get("evaluation", {}).items() if k != "heatmaps"}
-    plain["dataset"] = {k: v for k, v in plain["dataset"].items() if k != "categories"}
+    plain["dataset"] = {k: v for k, v in plain["dataset"].items() if k not in ("categories", "download")}
+    plain["dataset"]["source"] = {k: v for k, v in plain["dataset"]["source"].items() if k != "download"}
     return plain
 
 

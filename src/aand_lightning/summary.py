@@ -89,6 +89,10 @@ def write_summary(directory: str | Path) -> str:
     directory = Path(directory)
     records, failures = collect(directory), collect_failures(directory)
     text = format_table(records)
+    for key in ("protocol", "textures"):
+        values = sorted({str(r[key]) for r in records if r.get(key)})
+        if values:
+            text += f"\n\n{key.capitalize()}: {'; '.join(values)}."
     if failures:
         text += f"\n\n{len(failures)} job(s) failed:\n\n{format_failures(failures)}"
     (directory / "summary.md").write_text(text + "\n")

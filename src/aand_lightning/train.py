@@ -30,7 +30,7 @@ from aand_lightning.callbacks.last_checkpoint import LAST, LastCheckpoint
 from aand_lightning.callbacks.score_plots import ScorePlots
 from aand_lightning.callbacks.teacher_handoff import TeacherHandoff
 from aand_lightning.checks import ConfigError, check_config
-from aand_lightning.cli import FAILED, exit_with, full_error, mark_failed, reason
+from aand_lightning.cli import FAILED, exit_with, full_error, mark_failed, reason, user_error
 from aand_lightning.config import config_dir
 from aand_lightning.data.datamodule import AnomalyDataModule
 from aand_lightning.errors import UserError
@@ -125,6 +125,7 @@ def _run_stage(
     run_dir: Path,
     callbacks: list,
     ckpt_path: str | None,
+    textures: str | None,
 ) -> dict[str, Any]:
     """Fit (from `ckpt_path` when resuming), test, write metrics.json (rank 0); returns the record."""
     OmegaConf.update(cfg, "current_stage", name)
@@ -149,6 +150,7 @@ def _run_stage(
         "backbone": cfg.backbone.name,
         "raa": cfg.raa.enabled,
         "fpr_limit": cfg.evaluation.fpr_limit,
+        "textures": textures,
         "protocol": "selected on test (authors)"
         if cfg.datamodule.validate_on_test
         else "no test-set selection",
@@ -184,9 +186,12 @@ def run_amplify(
         seed=cfg.seed,
         **cfg.performance,
     )
+    # read here, in the main process: a DTD source fetches its images now (progress bar, one-line error)
+    textures = datamodule.synthesizer.texture_source.description
     artifact = run_dir / "amplify" / handoff.ARTIFACT_NAME
-    handoff_callback = TeacherHandoff(artifact, _plain(cfg.backbone), _plain(cfg.raa))
-    return artifact, _run_stage(cfg, "amplify", module, datamodule, run_dir, [handoff_callback], ckpt_path)
+    handoff_callback = TeacherHandoff(artifact, _plain(cfg.backbone), _plain(cfg.raa), textures)
+    record = _run_stage(cfg, "amplify", module, datamodule, run_dir, [handoff_callback], ckpt_path, textures)
+    return artifact, record
 
 
 def run_distill(
@@ -196,8 +201,10 @@ def run_distill(
     teacher_path: Path | None,
     ckpt_path: str | None,
 ) -> dict:
+    textures = None  # the RD baseline has no stage 1, so no synthetic anomalies
     if cfg.raa.enabled:
-        teacher = handoff.load_teacher(teacher_path, _plain(cfg.backbone), _plain(cfg.raa))
+        teacher, about = handoff.load_teacher(teacher_path, _plain(cfg.backbone), _plain(cfg.raa))
+        textures = about.get("textures")
         log.info("Stage 2 uses the stage-1 teacher %s", teacher_path)
     else:
         teacher = build_amplified_teacher(cfg.backbone, cfg.raa)
@@ -221,7 +228,7 @@ def run_distill(
         fpr_limit=cfg.evaluation.fpr_limit,
         **cfg.performance,
     )
-    return _run_stage(cfg, "distill", module, datamodule, run_dir, [], ckpt_path)
+    return _run_stage(cfg, "distill", module, datamodule, run_dir, [], ckpt_path, textures)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
@@ -298,7 +305,7 @@ def main(cfg: DictConfig) -> None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             log.error("This job failed: %s (traceback in %s)", reason(error), run_dir / FAILED)
             return
-        if isinstance(error, UserError):
+        if user_error(error) is not None:
             exit_with(error)
         raise
 

@@ -15,10 +15,12 @@ from aand_lightning.handoff import save_teacher
 class TeacherHandoff(Callback):
     """At the end of stage-1 fit, rank 0 writes the teacher artifact; every rank waits until it exists."""
 
-    def __init__(self, path: str | Path, backbone: Mapping[str, Any], raa: Mapping[str, Any]) -> None:
-        self.path, self.backbone, self.raa = Path(path), dict(backbone), dict(raa)
+    def __init__(
+        self, path: str | Path, backbone: Mapping[str, Any], raa: Mapping[str, Any], textures: str | None
+    ) -> None:
+        self.path, self.backbone, self.raa, self.textures = Path(path), dict(backbone), dict(raa), textures
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            save_teacher(self.path, pl_module.teacher, self.backbone, self.raa)
+            save_teacher(self.path, pl_module.teacher, self.backbone, self.raa, self.textures)
         trainer.strategy.barrier("teacher_handoff")
