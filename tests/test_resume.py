@@ -55,7 +55,13 @@ def _resume(command: list[str], cwd: Path) -> str:
     [
         pytest.param(["stage=all"], id="stage_all"),
         pytest.param(
-            ["stage=distill", "raa=off", "datamodule.validate_on_test=true", "trainer.limit_val_batches=1.0"],
+            [
+                "stage=distill",
+                "raa=off",
+                "protocol=authors",
+                "protocol.check_val_every_n_epoch=1",
+                "trainer.limit_val_batches=1.0",
+            ],
             id="rd_selected_on_test",
         ),
     ],

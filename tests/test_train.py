@@ -74,8 +74,9 @@ def test_stage2_sweep_reuses_the_cached_stage1_teacher(stage_all, tmp_path):
 def test_rd_baseline_with_the_authors_protocol_is_labelled(stage_all, tmp_path):
     run_dir = tmp_path / "run_rd"
     result = _train(
-        stage_all.parent, run_dir, "stage=distill", "raa=off", "loss=rd", "datamodule.validate_on_test=true"
-    )
+        stage_all.parent, run_dir, "stage=distill", "raa=off", "loss=rd", "protocol=authors",
+        "protocol.check_val_every_n_epoch=1",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((run_dir / "distill" / "metrics.json").read_text())
     assert record["raa"] is False and record["protocol"] == "selected on test (authors)"

@@ -19,7 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -59,28 +59,43 @@ def _loggers(cfg: DictConfig) -> list:
     return [logger]
 
 
+def _best_checkpoint(stage_dir: Path) -> Path:
+    return stage_dir / "checkpoints" / "best.ckpt"
+
+
 def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> L.Trainer:
-    """`last.ckpt` after every epoch (for resuming); with the authors' opt-in protocol also the epoch
-    with the best validation-on-test image AUROC (`best.ckpt`), which is then what gets tested."""
-    checkpoints: list = [LastCheckpoint(stage_dir / "checkpoints")]
+    """`last.ckpt` after every epoch (for resuming). When validating on the test set (the authors'
+    protocol) also the epoch with the best `val/selection` (`best.ckpt`, which is then tested), and a
+    stop once the test image AUROC passes `protocol.<stage>.stop_above`."""
+    rule = cfg.protocol[stage_dir.name]
+    extra: list = [LastCheckpoint(stage_dir / "checkpoints")]
     if cfg.datamodule.validate_on_test:
-        checkpoints.append(
+        best = _best_checkpoint(stage_dir)
+        extra.append(
             ModelCheckpoint(
-                dirpath=stage_dir / "checkpoints",
-                filename="best",
-                save_top_k=1,
-                monitor="val/image_auroc",
-                mode="max",
+                dirpath=best.parent, filename=best.stem, save_top_k=1, monitor="val/selection", mode="max"
             )
         )
+        if rule.stop_above is not None:
+            extra.append(
+                EarlyStopping(
+                    monitor="val/image_auroc",
+                    mode="max",
+                    stopping_threshold=rule.stop_above,
+                    patience=epochs,
+                    check_on_train_epoch_end=False,
+                )
+            )
     heatmaps = HeatmapWriter(stage_dir / "heatmaps", cfg.evaluation.heatmaps)
     plots = ScorePlots(stage_dir, f"{cfg.dataset.name}/{cfg.dataset.category} {stage_dir.name}")
     return instantiate(
         cfg.trainer,
         max_epochs=epochs,
+        min_epochs=rule.min_epochs,
+        check_val_every_n_epoch=cfg.protocol.check_val_every_n_epoch,
         default_root_dir=str(stage_dir),
         logger=_loggers(cfg),
-        callbacks=[*checkpoints, heatmaps, plots, *callbacks],
+        callbacks=[*extra, heatmaps, plots, *callbacks],
     )
 
 
@@ -109,6 +124,12 @@ def _finished(stage_dir: Path) -> dict[str, Any] | None:
     return json.loads(metrics.read_text()) if done else None
 
 
+def _protocol_label(cfg: DictConfig) -> str:
+    """What the tested model was chosen with, as tables print it."""
+    label = "selected on test" if cfg.datamodule.validate_on_test else "no test-set selection"
+    return label if cfg.protocol.name == "clean" else f"{label} ({cfg.protocol.name})"
+
+
 def _peak_memory_mb(module: AnomalyStage) -> dict[str, float]:
     """Peak process RSS (Linux reports KiB) and, on CUDA, peak allocated device memory."""
     peak = {"host_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -135,7 +156,7 @@ def _run_stage(
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     if datamodule.has_test:
-        best = stage_dir / "checkpoints" / "best.ckpt"
+        best = _best_checkpoint(stage_dir)
         trainer.test(module, datamodule=datamodule, ckpt_path=str(best) if best.is_file() else None)
     else:
         log.warning(
@@ -151,9 +172,7 @@ def _run_stage(
         "raa": cfg.raa.enabled,
         "fpr_limit": cfg.evaluation.fpr_limit,
         "textures": textures,
-        "protocol": "selected on test (authors)"
-        if cfg.datamodule.validate_on_test
-        else "no test-set selection",
+        "protocol": _protocol_label(cfg),
         "metrics": module.test_results,
         "notes": METRIC_NOTES,
         "performance": {
@@ -189,7 +208,8 @@ def run_amplify(
     # read here, in the main process: a DTD source fetches its images now (progress bar, one-line error)
     textures = datamodule.synthesizer.texture_source.description
     artifact = run_dir / "amplify" / handoff.ARTIFACT_NAME
-    handoff_callback = TeacherHandoff(artifact, _plain(cfg.backbone), _plain(cfg.raa), textures)
+    best = _best_checkpoint(run_dir / "amplify") if cfg.datamodule.validate_on_test else None
+    handoff_callback = TeacherHandoff(artifact, _plain(cfg.backbone), _plain(cfg.raa), textures, best)
     record = _run_stage(cfg, "amplify", module, datamodule, run_dir, [handoff_callback], ckpt_path, textures)
     return artifact, record
 

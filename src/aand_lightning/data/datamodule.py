@@ -43,6 +43,7 @@ class AnomalyDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         val_fraction: float = 0.1,
+        drop_last: bool = True,
         validate_on_test: bool = False,
         synthesizer: AnomalySynthesizer | None = None,
         foreground_rules: Mapping | None = None,
@@ -60,6 +61,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.val_fraction = val_fraction
+        self.drop_last = drop_last
         self.validate_on_test = validate_on_test
         self.synthesizer = synthesizer
         self.foreground_rule = select_rule(foreground_rules or {}, source.category)
@@ -126,7 +128,7 @@ class AnomalyDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            drop_last=train and len(dataset) > batch_size,
+            drop_last=self.drop_last and train and len(dataset) > batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=False,

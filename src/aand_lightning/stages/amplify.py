@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.classification import BinaryPrecision
 
 from aand_lightning.models.amplified_teacher import AmplifiedTeacher
 from aand_lightning.models.anomaly_map import AnomalyMapGenerator
@@ -44,6 +45,7 @@ class AnomalyAmplification(AnomalyStage):
         self.teacher = teacher
         self.loss = loss
         self.anomaly_map = anomaly_map or AnomalyMapGenerator()
+        self.gate_precision = BinaryPrecision(threshold=0.5)  # authors' stage-1 selection (on test)
 
     def trainable(self) -> nn.Module:
         return self.teacher.raa
@@ -80,10 +82,26 @@ class AnomalyAmplification(AnomalyStage):
             {f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=len(batch["image"])
         )
 
-    def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def mean_gate(self, images: torch.Tensor) -> torch.Tensor:
+        """The level gates upsampled to the image and averaged: (B, 1, H, W) in (0, 1)."""
         gates = self.teacher(images).gates
         size = tuple(images.shape[-2:])
-        mean_gate = sum(
-            F.interpolate(g, size=size, mode="bilinear", align_corners=True) for g in gates
-        ) / len(gates)
-        return self.anomaly_map.smooth_and_score(mean_gate)
+        return sum(F.interpolate(g, size=size, mode="bilinear", align_corners=True) for g in gates) / len(
+            gates
+        )
+
+    def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.anomaly_map.smooth_and_score(self.mean_gate(images))
+
+    def validate_on_test_batch(self, batch: dict) -> None:
+        """Also the precision of `mean gate > 0.5` against the mask, over every test pixel."""
+        gate = self.mean_gate(batch["image"])
+        self.gate_precision.update(gate.flatten(), (batch["mask"] > 0.5).flatten().long())
+        maps, scores = self.anomaly_map.smooth_and_score(gate)
+        self.val_metrics.update(scores, batch["label"], maps[:, 0], batch["mask"][:, 0] > 0.5)
+
+    def selection_score(self, results: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The authors keep the stage-1 epoch with the best gate precision on the test set."""
+        precision = self.gate_precision.compute()
+        self.gate_precision.reset()
+        return precision

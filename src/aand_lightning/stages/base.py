@@ -63,7 +63,7 @@ class AnomalyStage(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.test_metrics = AnomalyMetrics(fpr_limit=fpr_limit)
-        self.val_metrics = AnomalyMetrics(fpr_limit=fpr_limit, compute_pixel=False)
+        self.val_metrics = AnomalyMetrics(fpr_limit=fpr_limit)  # only fed when validating on the test set
         self.test_results: dict[str, float] = {}
         self.inference_seconds = 0.0
         self.inference_images = 0
@@ -112,9 +112,13 @@ class AnomalyStage(L.LightningModule):
         return bool(getattr(self.trainer.datamodule, "validate_on_test", False))
 
     def validate_on_test_batch(self, batch: dict) -> None:
-        """Authors' protocol (opt-in): image scores of labelled test images during validation."""
-        _, scores = self.anomaly_maps(batch["image"])
-        self.val_metrics.update(scores, batch["label"])
+        """Authors' protocol (opt-in): maps and scores of labelled test images during validation."""
+        maps, scores = self.anomaly_maps(batch["image"])
+        self.val_metrics.update(scores, batch["label"], maps[:, 0], batch["mask"][:, 0] > 0.5)
+
+    def selection_score(self, results: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the authors' protocol keeps the best epoch by (logged as `val/selection`)."""
+        raise NotImplementedError
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -145,3 +149,4 @@ class AnomalyStage(L.LightningModule):
             results = self.val_metrics.compute()
             self.val_metrics.reset()
             self.log("val/image_auroc", results["image_auroc"], prog_bar=True)
+            self.log("val/selection", self.selection_score(results))

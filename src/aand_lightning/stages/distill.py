@@ -97,6 +97,10 @@ class NormalityDistillation(AnomalyStage):
             "alarms); hold out images with datamodule.val_fraction > 0 for a better one."
         )
 
+    def selection_score(self, results: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The authors keep the stage-2 epoch with the best image + pixel AUROC on the test set."""
+        return results["image_auroc"] + results["pixel_auroc"]
+
     def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images)
         return out.maps, out.scores

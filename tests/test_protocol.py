@@ -1,0 +1,45 @@
+"""`protocol=authors`: trains on all of train/good, selects each stage on the test set, stops early,
+and hands stage 2 the selected stage-1 teacher; every record says so."""
+
+import json
+
+import torch
+
+from aand_lightning.callbacks.last_checkpoint import LAST
+
+
+def test_authors_protocol_selects_stops_and_hands_over_the_selected_teacher(train_in_process):
+    records, run_dir = train_in_process(
+        "authors", "stage=all", "protocol=authors", "protocol.check_val_every_n_epoch=1",
+        "trainer.limit_val_batches=1.0", "amplify.epochs=4", "protocol.amplify.min_epochs=2",
+        "protocol.amplify.stop_above=0.0", "distill.epochs=2", "protocol.distill.min_epochs=1",
+    )  # fmt: skip
+    assert [r["protocol"] for r in records] == ["selected on test (authors)"] * 2
+    # stage 1 stopped early: image AUROC > 0.0 at the first validation, but not before min_epochs
+    last = torch.load(run_dir / "amplify" / "checkpoints" / LAST, weights_only=True)
+    assert last["epoch"] == 1
+    # the handed-over teacher is the selected (best.ckpt) epoch's, not the last one's
+    best = torch.load(run_dir / "amplify" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] < last["epoch"]
+    teacher = torch.load(run_dir / "amplify" / "teacher.pt", weights_only=True)["state_dict"]
+    for key, value in teacher.items():
+        assert torch.equal(value, best["state_dict"][f"teacher.{key}"]), key
+    assert any(not torch.equal(v, last["state_dict"][f"teacher.{k}"]) for k, v in teacher.items())
+    stage1 = json.loads((run_dir / "amplify" / "metrics.json").read_text())
+    assert stage1["protocol"] == "selected on test (authors)"
+
+
+def test_authors_protocol_uses_every_training_image(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from aand_lightning.config import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        overrides = ["protocol=authors", f"dataset.root={tmp_path / 'demo'}", f"paths.cache_dir={tmp_path}"]
+        cfg = compose("train", overrides=[*overrides, "dataset.image_size=64"])
+    assert cfg.datamodule.val_fraction == 0.0 and cfg.datamodule.drop_last is False
+    assert cfg.datamodule.validate_on_test is True
+    datamodule = instantiate(cfg.datamodule)
+    datamodule.setup()
+    assert datamodule.val_samples == [] and len(datamodule.splits.train) > 0
