@@ -28,6 +28,8 @@ def _cfg(*overrides: str):
         ("evaluation.fpr_limit=0", "evaluation.fpr_limit=0"),
         ("synthesis.clean_probability=-0.1", "synthesis.clean_probability=-0.1"),
         ("ckpt_path=/no/such/file.ckpt", "ckpt_path=/no/such/file.ckpt"),
+        ("protocol.check_val_every_n_epoch=0", "protocol.check_val_every_n_epoch=0"),
+        ("protocol.distill.min_epochs=0", "protocol.distill.min_epochs=0"),
     ],
 )
 def test_bad_value_names_its_key(override, key):

@@ -73,8 +73,10 @@ def check_config(cfg: DictConfig) -> None:
     _integer(cfg, "datamodule.eval_batch_size", 1, optional=True)
     _integer(cfg, "datamodule.num_workers", 0)
     _integer(cfg, "seed", 0)
+    _integer(cfg, "protocol.check_val_every_n_epoch", 1)
     for stage in cfg.stage.run:
         _integer(cfg, f"{stage}.epochs", 1)
+        _integer(cfg, f"protocol.{stage}.min_epochs", 1, optional=True)
     _fraction(cfg, "datamodule.val_fraction", 0.0, 1.0, closed_low=True, closed_high=False)
     _fraction(cfg, "distill.threshold_quantile", 0.0, 1.0, closed_low=True, closed_high=True)
     _fraction(cfg, "evaluation.fpr_limit", 0.0, 1.0, closed_low=False, closed_high=True)
