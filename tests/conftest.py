@@ -1,5 +1,4 @@
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import pytest
@@ -7,19 +6,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def stage2_checkpoint(tmp_path_factory) -> Path:
-    """A real stage-2 checkpoint from the CLI: RD mode (no stage 1 needed), resnet18, 64 px, one epoch."""
-    tmp = tmp_path_factory.mktemp("stage2")
-    command = [
-        sys.executable, "-m", "aand_lightning.train", "stage=distill", "raa=off",
-        "dataset=demo", f"dataset.root={tmp / 'demo'}", "dataset.image_size=64",
-        "backbone=resnet18", "backbone.weights=none", "trainer=debug", "trainer.enable_progress_bar=false",
-        "distill.epochs=1", "distill.scheduler.milestones=[1]", "datamodule.batch_size=4",
-        "datamodule.num_workers=0", "evaluation.heatmaps=0", f"paths.cache_dir={tmp / 'cache'}",
-        f"hydra.run.dir={tmp / 'run'}",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return tmp / "run" / "distill" / "checkpoints" / "last.ckpt"
+    """A real stage-2 checkpoint: RD mode (no stage 1 needed), resnet18, 64 px, one epoch."""
+    _, run_dir = train_here(tmp_path_factory.mktemp("stage2"), "run", "stage=distill", "raa=off")
+    return run_dir / "distill" / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="session")
@@ -45,30 +34,43 @@ def smoke() -> list[str]:
     return list(SMOKE)
 
 
-@pytest.fixture
-def train_in_process(tmp_path):
+def train_here(tmp: Path, name: str, *overrides: str) -> tuple[list, Path]:
     """`python -m aand_lightning.train <overrides>` in this process: composes the real config with Hydra,
-    sets the Hydra runtime (run dir under tmp_path) and calls `train.run`; returns (records, run dir)."""
+    sets the Hydra runtime (run dir `tmp/name`, demo data and caches under `tmp`) and calls `train.run`;
+    returns (records, run dir)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
     from aand_lightning import train
     from aand_lightning.config import config_dir
 
-    def run(name: str, *overrides: str) -> tuple[list, Path]:
-        run_dir = tmp_path / name
+    run_dir = tmp / name
+    cwd = os.getcwd()
+    os.chdir(tmp)  # Hydra's runtime.cwd (paths.root_dir) is the working directory, as in the CLI
+    try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose(
                 "train",
                 overrides=[
-                    *SMOKE, f"dataset.root={tmp_path / 'demo'}", f"paths.cache_dir={tmp_path / 'cache'}",
-                    f"hydra.run.dir={run_dir}", f"hydra.runtime.output_dir={run_dir}",
-                    f"hydra.runtime.cwd={tmp_path}", *overrides,
+                    *SMOKE, f"dataset.root={tmp / 'demo'}", f"paths.cache_dir={tmp / 'cache'}",
+                    f"hydra.run.dir={run_dir}", f"hydra.runtime.output_dir={run_dir}", *overrides,
                 ],
                 return_hydra_config=True,
             )  # fmt: skip
         HydraConfig.instance().set_config(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
         return train.run(cfg, run_dir), run_dir
+    finally:
+        os.chdir(cwd)
 
-    return run
+
+@pytest.fixture(scope="session")
+def train_at():
+    """`train_here` itself, for tests that choose the folder (e.g. one shared with a module fixture)."""
+    return train_here
+
+
+@pytest.fixture
+def train_in_process(tmp_path):
+    """`train_here` under this test's tmp_path: call it with a run name and overrides."""
+    return lambda name, *overrides: train_here(tmp_path, name, *overrides)

@@ -1,6 +1,8 @@
-"""The real CLI end to end: `python -m aand_lightning.train` in a subprocess, on generated demo data."""
+"""Training end to end on generated demo data: once through the real CLI (a subprocess), the other
+cases in-process on the same composed config (`train_at`), which is what the CLI runs."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -51,43 +53,36 @@ def test_stage_all_writes_metrics_teacher_checkpoints_and_heatmaps(stage_all):
     assert [r["stage"] for r in combined] == ["amplify", "distill"]
 
 
-def test_distill_reuses_a_stage1_teacher(stage_all, tmp_path):
-    run_dir = tmp_path / "run_distill"
-    result = _train(stage_all.parent, run_dir, "stage=distill", f"teacher_ckpt={stage_all}")
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_distill_reuses_a_stage1_teacher(stage_all, train_at):
+    _, run_dir = train_at(stage_all.parent, "run_distill", "stage=distill", f"teacher_ckpt={stage_all}")
     assert json.loads((run_dir / "distill" / "metrics.json").read_text())["stage"] == "distill"
 
 
-def test_stage2_sweep_reuses_the_cached_stage1_teacher(stage_all, tmp_path):
-    run_dir = tmp_path / "run_cached"
-    result = _train(stage_all.parent, run_dir, "stage=all", "loss.k_hard=5")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Reusing the cached stage-1 teacher" in (run_dir / "train.log").read_text()
+def test_stage2_sweep_reuses_the_cached_stage1_teacher(stage_all, caplog, train_at):
+    caplog.set_level(logging.INFO, logger="aand_lightning.train")
+    records, run_dir = train_at(stage_all.parent, "run_cached", "stage=all", "loss.k_hard=5")
+    assert "Reusing the cached stage-1 teacher" in caplog.text
     assert not (run_dir / "amplify").exists()  # stage 1 did not run again
-    records = json.loads((run_dir / "metrics.json").read_text())
     assert [r["stage"] for r in records] == ["amplify", "distill"] and "cached_from" in records[0]
     # a different stage-1 setting is a different teacher
-    other = _train(stage_all.parent, tmp_path / "run_other", "stage=amplify", "raa.temperature=0.5")
-    assert other.returncode == 0 and (tmp_path / "run_other" / "amplify" / "teacher.pt").is_file()
+    _, other = train_at(stage_all.parent, "run_other", "stage=amplify", "raa.temperature=0.5")
+    assert (other / "amplify" / "teacher.pt").is_file()
 
 
-def test_rd_baseline_with_the_authors_protocol_is_labelled(stage_all, tmp_path):
-    run_dir = tmp_path / "run_rd"
-    result = _train(
-        stage_all.parent, run_dir, "stage=distill", "raa=off", "loss=rd", "protocol=authors",
+def test_rd_baseline_with_the_authors_protocol_is_labelled(stage_all, train_at):
+    _, run_dir = train_at(
+        stage_all.parent, "run_rd", "stage=distill", "raa=off", "loss=rd", "protocol=authors",
         "protocol.check_val_every_n_epoch=1",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((run_dir / "distill" / "metrics.json").read_text())
     assert record["raa"] is False and record["protocol"] == "selected on test (authors)"
     assert (run_dir / "distill" / "checkpoints" / "best.ckpt").is_file()
     assert record["performance"]["inference_images_per_second"] > 0
 
 
-def test_distill_without_teacher_names_the_fix(stage_all, tmp_path):
-    result = _train(stage_all.parent, tmp_path / "run_missing", "stage=distill", "teacher_cache=null")
-    assert result.returncode != 0
-    assert "teacher_ckpt=" in result.stderr
+def test_distill_without_teacher_names_the_fix(stage_all, train_at):
+    with pytest.raises(TeacherArtifactError, match="pass teacher_ckpt="):
+        train_at(stage_all.parent, "run_missing", "stage=distill", "teacher_cache=null")
 
 
 def test_teacher_is_rebuilt_from_its_own_settings_and_a_disagreeing_config_is_refused(stage_all, tmp_path):
@@ -108,12 +103,10 @@ def test_teacher_is_rebuilt_from_its_own_settings_and_a_disagreeing_config_is_re
     assert "weights_only" not in str(error.value)
 
 
-def test_wandb_logger_works_offline(stage_all, tmp_path, monkeypatch):
+def test_wandb_logger_works_offline(stage_all, monkeypatch, train_at):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run_dir = tmp_path / "run_wandb"
-    result = _train(stage_all.parent, run_dir, "stage=amplify", "logger=wandb")
-    assert result.returncode == 0, result.stderr[-3000:]
+    _, run_dir = train_at(stage_all.parent, "run_wandb", "stage=amplify", "logger=wandb")
     offline_runs = list((run_dir / "amplify" / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
     assert list((offline_runs[0] / "files" / "media" / "images").rglob("*.png")), "no heatmaps logged"
@@ -129,26 +122,22 @@ def test_wandb_logger_works_offline(stage_all, tmp_path, monkeypatch):
         pytest.param(["performance.compile=true"], 1e-3, marks=pytest.mark.slow),
     ],
 )
-def test_fast_paths_keep_the_metrics(stage_all, tmp_path, fast_path, tolerance):
+def test_fast_paths_keep_the_metrics(stage_all, fast_path, tolerance, train_at):
     """Evaluation of the same (untrained, seeded) model with and without a fast path."""
     common = ["stage=distill", "raa=off", "trainer.limit_train_batches=0"]
-    reference = _train(stage_all.parent, tmp_path / "fp32", *common)
-    fast = _train(stage_all.parent, tmp_path / "fast", *common, *fast_path)
-    assert reference.returncode == 0 and fast.returncode == 0, fast.stderr[-3000:]
-    a = json.loads((tmp_path / "fp32" / "distill" / "metrics.json").read_text())["metrics"]
-    b = json.loads((tmp_path / "fast" / "distill" / "metrics.json").read_text())["metrics"]
+    name = "fast_" + "_".join(fast_path).replace("=", "-")
+    a = train_at(stage_all.parent, "fp32", *common)[0][0]["metrics"]
+    b = train_at(stage_all.parent, name, *common, *fast_path)[0][0]["metrics"]
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         assert b[key] == pytest.approx(a[key], abs=tolerance), key
 
 
-def test_folder_dataset_without_test_split_trains_and_skips_evaluation(stage_all, tmp_path):
+def test_folder_dataset_without_test_split_trains_and_skips_evaluation(stage_all, train_at):
     """A user's own folder of normal images, no test set: both stages train, nothing is evaluated."""
     train_dir = stage_all.parent / "demo" / "brick" / "train" / "good"
-    run_dir = tmp_path / "run_folder"
-    result = _train(
-        stage_all.parent, run_dir, "stage=all", "dataset=folder", f"dataset.train_dir={train_dir}",
+    _, run_dir = train_at(
+        stage_all.parent, "run_folder", "stage=all", "dataset=folder", f"dataset.train_dir={train_dir}",
         "dataset.category=my_parts", "teacher_cache=null",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "amplify" / "teacher.pt").is_file()
     assert json.loads((run_dir / "distill" / "metrics.json").read_text())["metrics"] == {}

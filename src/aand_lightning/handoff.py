@@ -152,6 +152,10 @@ def _stage1_settings(cfg: DictConfig) -> dict[str, Any]:
     plain["evaluation"] = {k: v for k, v in plain.get("evaluation", {}).items() if k != "heatmaps"}
     plain["dataset"] = {k: v for k, v in plain["dataset"].items() if k not in ("categories", "download")}
     plain["dataset"]["source"] = {k: v for k, v in plain["dataset"]["source"].items() if k != "download"}
+    if plain["synthesis"].get("textures") != "dtd":  # where DTD would go matters only when it is used
+        plain["synthesis"].pop("dtd_root", None)
+    for copy in ("source", "synthesizer"):  # the datamodule's copies of dataset.source and synthesis
+        plain["datamodule"].pop(copy, None)
     return plain
 
 
