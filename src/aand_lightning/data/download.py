@@ -26,7 +26,7 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
-from aand_lightning.data.catalog import CATALOG, Archive, CatalogEntry
+from aand_lightning.data.catalog import CATALOG, Archive, CatalogEntry, lookup
 from aand_lightning.errors import UserError
 
 DOWNLOADS = ".downloads"
@@ -49,11 +49,12 @@ def _entry(name_or_entry: str | CatalogEntry) -> CatalogEntry:
     """A catalog entry by name; an entry passes through (tests and mirrors point it elsewhere)."""
     if isinstance(name_or_entry, CatalogEntry):
         return name_or_entry
-    if name_or_entry not in CATALOG:
+    entry = lookup(name_or_entry)
+    if entry is None:
         raise DownloadError(
             f"No download is known for dataset {name_or_entry!r}; use one of {', '.join(sorted(CATALOG))}."
         )
-    return CATALOG[name_or_entry]
+    return entry
 
 
 def is_installed(target: Path) -> bool:
