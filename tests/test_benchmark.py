@@ -2,8 +2,8 @@
 in MVTec layout on 127.0.0.1), both selections run next to RD mode, and the report has the gains."""
 
 import hashlib
-import os
 import json
+import os
 import subprocess
 import sys
 import tarfile
