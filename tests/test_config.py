@@ -20,6 +20,8 @@ GROUPS = [
     "trainer",
     "logger",
     "paths",
+    "callbacks",
+    "protocol",
     "sweep",
     "experiment",
 ]

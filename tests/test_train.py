@@ -141,3 +141,14 @@ def test_folder_dataset_without_test_split_trains_and_skips_evaluation(stage_all
     )  # fmt: skip
     assert (run_dir / "amplify" / "teacher.pt").is_file()
     assert json.loads((run_dir / "distill" / "metrics.json").read_text())["metrics"] == {}
+
+
+def test_a_callback_added_from_the_command_line_runs(train_in_process):
+    """lightning-hydra-template's habit: callbacks are a config group, extended without code."""
+    _, run_dir = train_in_process(
+        "lr", "stage=distill", "raa=off", "logger=csv",
+        "+callbacks.lr_monitor._target_=lightning.pytorch.callbacks.LearningRateMonitor",
+    )  # fmt: skip
+    header = next((run_dir / "distill" / "csv").rglob("metrics.csv")).read_text().splitlines()[0]
+    assert "lr-Adam" in header
+    assert list((run_dir / "distill" / "heatmaps").glob("*.png"))  # the default callbacks still run

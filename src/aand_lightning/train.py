@@ -25,9 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from aand_lightning import handoff
-from aand_lightning.callbacks.heatmaps import HeatmapWriter
 from aand_lightning.callbacks.last_checkpoint import LAST, LastCheckpoint
-from aand_lightning.callbacks.score_plots import ScorePlots
 from aand_lightning.callbacks.teacher_handoff import TeacherHandoff
 from aand_lightning.checks import ConfigError, check_config
 from aand_lightning.cli import FAILED, exit_with, full_error, mark_failed, reason, user_error
@@ -64,7 +62,8 @@ def _best_checkpoint(stage_dir: Path) -> Path:
 
 
 def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> L.Trainer:
-    """`last.ckpt` after every epoch (for resuming). When validating on the test set (the authors'
+    """The configured callbacks (`callbacks` group), and those a run depends on: `last.ckpt` after every
+    epoch (for resuming); when validating on the test set (the authors'
     protocol) also the epoch with the best `val/selection` (`best.ckpt`, which is then tested), and a
     stop once the test image AUROC passes `protocol.<stage>.stop_above`."""
     rule = cfg.protocol[stage_dir.name]
@@ -86,8 +85,7 @@ def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> 
                     check_on_train_epoch_end=False,
                 )
             )
-    heatmaps = HeatmapWriter(stage_dir / "heatmaps", cfg.evaluation.heatmaps)
-    plots = ScorePlots(stage_dir, f"{cfg.dataset.name}/{cfg.dataset.category} {stage_dir.name}")
+    configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     return instantiate(
         cfg.trainer,
         max_epochs=epochs,
@@ -95,7 +93,7 @@ def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> 
         check_val_every_n_epoch=cfg.protocol.check_val_every_n_epoch,
         default_root_dir=str(stage_dir),
         logger=_loggers(cfg),
-        callbacks=[*extra, heatmaps, plots, *callbacks],
+        callbacks=[*extra, *configured, *callbacks],
     )
 
 
