@@ -126,12 +126,13 @@ def main() -> None:
     parser.add_argument("--root", action="append", default=[], help="dataset=path, e.g. mvtec=/data/mvtec")
     parser.add_argument("--datasets", nargs="*", help="subset of the protocol's datasets")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--runs", type=Path, default=ROOT / "multirun", help="where the runs are written")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
 
     roots = dict(item.split("=", 1) for item in args.root)
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    work = ROOT / "multirun" / f"benchmark-{stamp}-{args.protocol}"
+    work = args.runs / f"benchmark-{stamp}-{args.protocol}"
     datasets = args.datasets or list(PROTOCOLS[args.protocol])
     report = [
         f"# Benchmark {dt.date.today()} — protocol `{args.protocol}`",
@@ -157,7 +158,7 @@ def main() -> None:
             report += [gains(dataset, means), f"Published: {PUBLISHED.get(dataset, 'n/a')}.", ""]
             report += [f"Wall time, {s}: {w / 60:.1f} min (all categories)." for s, w in walls.items()]
             report += [""]
-    report += [f"Runs: `{work.relative_to(ROOT)}`. Extra overrides: `{' '.join(args.overrides) or 'none'}`."]
+    report += [f"Runs: `{work}`. Extra overrides: `{' '.join(args.overrides) or 'none'}`."]
     args.output.mkdir(parents=True, exist_ok=True)
     path = args.output / f"{dt.date.today()}-{args.protocol}.md"
     path.write_text("\n".join(report) + "\n")

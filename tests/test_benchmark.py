@@ -47,7 +47,8 @@ def test_paper_benchmark_runs_from_a_served_archive(tmp_path, smoke):
     try:
         result = subprocess.run(
             [sys.executable, "benchmarks/run.py", "--protocol", "paper", "--datasets", "mvtec",
-             "--root", f"mvtec={root}", "--output", str(tmp_path / "results"), *tiny],
+             "--root", f"mvtec={root}", "--output", str(tmp_path / "results"), "--runs", str(tmp_path),
+             *tiny],
             cwd=ROOT, capture_output=True, text=True, timeout=1500,
             env={**os.environ, "AAND_CATALOG": str(mirror)},
         )  # fmt: skip
