@@ -23,7 +23,7 @@ from tqdm import tqdm
 from aand_lightning.checkpoint import load_model
 from aand_lightning.cli import user_errors
 from aand_lightning.config import config_dir
-from aand_lightning.data.io import GOOD, IMAGE_SUFFIXES, CorruptImageError, read_image
+from aand_lightning.data.io import GOOD, CorruptImageError, list_images, read_image
 from aand_lightning.data.transforms import as_size, normalize, resize
 from aand_lightning.errors import UserError
 from aand_lightning.metrics.anomaly_metrics import f1_max
@@ -42,11 +42,7 @@ def find_images(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise PredictError(f"Input {path} does not exist; pass input=<an image or a folder of images>.")
-    images = sorted(
-        p
-        for p in path.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
+    images = list_images(path, recursive=True)
     if not images:
         raise PredictError(f"Folder {path} holds no images; pass input=<a folder with png/jpg images>.")
     return images

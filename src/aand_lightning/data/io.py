@@ -184,13 +184,14 @@ def check_samples(samples: list[Sample], on_corrupt: str = "error") -> list[Samp
     return [sample for sample, _ in readable]
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder`, sorted; hidden files (e.g. macOS `._x.png`) are ignored."""
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files in `folder` (and below it when `recursive`), sorted; hidden files (e.g. macOS
+    `._x.png`) are ignored. The one listing every reader, texture folder and `predict` uses."""
     if not folder.is_dir():
         return []
     return sorted(
         path
-        for path in folder.iterdir()
+        for path in (folder.rglob("*") if recursive else folder.iterdir())
         if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
     )
 

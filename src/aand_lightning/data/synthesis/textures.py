@@ -13,10 +13,10 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from aand_lightning.data.download import fetch_into
+from aand_lightning.data.io import list_images
 from aand_lightning.data.records import DatasetError
 from aand_lightning.errors import UserError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 TEXTURES = ("procedural", "dtd", "folder")  # the values of synthesis.textures
 _LEVELS = np.arange(256, dtype=np.float32)
 
@@ -188,7 +188,7 @@ class TextureFolder:
                 f"Texture folder {self.texture_dir} does not exist; set synthesis.texture_dir to a folder "
                 "of images (e.g. DTD's images/) or to null for procedural textures."
             )
-        self.paths = sorted(p for p in self.texture_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.paths = list_images(self.texture_dir, recursive=True)
         if not self.paths:
             raise DatasetError(
                 f"Texture folder {self.texture_dir} has no jpg/jpeg/png/bmp/tif images; add texture images "
