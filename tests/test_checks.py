@@ -44,6 +44,15 @@ def test_sizes_that_fit_the_strides_pass(size):
     check_config(_cfg(f"dataset.image_size={size}"))
 
 
+def test_stage_combinations_that_cannot_work(tmp_path):
+    with pytest.raises(ConfigError, match=r"^stage=amplify trains RAA but raa.enabled=false"):
+        check_config(_cfg("stage=amplify", "raa=off"))
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"resumes one stage; pass stage=amplify or stage=distill"):
+        check_config(_cfg("stage=all", f"ckpt_path={ckpt}"))
+
+
 def test_epochs_of_a_stage_that_does_not_run_are_not_checked():
     check_config(_cfg("stage=distill", "amplify.epochs=0"))
 

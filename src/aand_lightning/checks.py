@@ -82,9 +82,19 @@ def check_config(cfg: DictConfig) -> None:
     _fraction(cfg, "evaluation.fpr_limit", 0.0, 1.0, closed_low=False, closed_high=True)
     _fraction(cfg, "synthesis.clean_probability", 0.0, 1.0, closed_low=True, closed_high=True)
     _fraction(cfg, "synthesis.beta_max", 0.0, 1.0, closed_low=True, closed_high=True)
+    stages = list(cfg.stage.run)
+    if "amplify" in stages and not cfg.raa.enabled:
+        raise ConfigError(
+            "stage=amplify trains RAA but raa.enabled=false; use stage=distill for the RD baseline."
+        )
     ckpt = cfg.ckpt_path
     if ckpt not in (None, "last") and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt} is not a file; pass ckpt_path=last or the path of a .ckpt file.")
+    if ckpt not in (None, "last") and len(stages) > 1:
+        raise ConfigError(
+            f"ckpt_path={ckpt} resumes one stage; pass stage=amplify or stage=distill with it, "
+            "or ckpt_path=last to continue a stage=all run."
+        )
     if cfg.get("logger") and "Wandb" in str(cfg.logger.get("_target_", "")):
         check_wandb(bool(cfg.logger.get("offline", False)))
 

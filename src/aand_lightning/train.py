@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from aand_lightning import handoff
 from aand_lightning.callbacks.last_checkpoint import LAST, LastCheckpoint
 from aand_lightning.callbacks.teacher_handoff import TeacherHandoff
-from aand_lightning.checks import ConfigError, check_config
+from aand_lightning.checks import check_config
 from aand_lightning.cli import FAILED, exit_with, full_error, mark_failed, reason, user_error
 from aand_lightning.config import config_dir
 from aand_lightning.data.datamodule import AnomalyDataModule
@@ -257,15 +257,6 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     """
     check_config(cfg)
     stages = list(cfg.stage.run)
-    if "amplify" in stages and not cfg.raa.enabled:
-        raise ConfigError(
-            "stage=amplify trains RAA but raa.enabled=false; use stage=distill for the RD baseline."
-        )
-    if cfg.ckpt_path not in (None, "last") and len(stages) > 1:
-        raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path} resumes one stage; pass stage=amplify or stage=distill with it, "
-            "or ckpt_path=last to continue a stage=all run."
-        )
     (run_dir / FAILED).unlink(missing_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule: AnomalyDataModule = instantiate(cfg.datamodule)
