@@ -27,6 +27,8 @@ def _cfg(*overrides: str):
         ("distill.threshold_quantile=1.5", "distill.threshold_quantile=1.5"),
         ("evaluation.fpr_limit=0", "evaluation.fpr_limit=0"),
         ("synthesis.clean_probability=-0.1", "synthesis.clean_probability=-0.1"),
+        ("distill.feature_cache.dtype=float64", "distill.feature_cache.dtype=float64"),
+        ("distill.feature_cache.max_gb=-1", "distill.feature_cache.max_gb=-1"),
         ("ckpt_path=/no/such/file.ckpt", "ckpt_path=/no/such/file.ckpt"),
         ("protocol.check_val_every_n_epoch=0", "protocol.check_val_every_n_epoch=0"),
         ("protocol.distill.min_epochs=0", "protocol.distill.min_epochs=0"),

@@ -53,3 +53,16 @@ def test_ddp_stage_all_hands_over_the_teacher_and_writes_once(workdir):
     assert [r["stage"] for r in records] == ["amplify", "distill"]
     assert not (workdir / "outputs").exists() and not (workdir / "lightning_logs").exists()
     assert len(list((run_dir / "distill" / "csv").glob("version_*"))) == 1  # one logger dir, rank 0 only
+
+
+def test_ddp_feature_cache_gives_the_uncached_metrics(workdir):
+    """Each rank fills its own stage-2 feature cache with the items it sees (a different share every
+    epoch); the metrics equal those of the same DDP run without the cache."""
+    overrides = ["stage=distill", "raa=off", "distill.epochs=3", *DDP]
+    on = _train(workdir, "ddp_cache_on", *overrides)
+    off = _train(workdir, "ddp_cache_off", *overrides, "distill.feature_cache.enabled=false")
+    a = json.loads((on / "distill" / "metrics.json").read_text())["metrics"]
+    b = json.loads((off / "distill" / "metrics.json").read_text())["metrics"]
+    assert a == b
+    logs = [path.read_text() for path in sorted(on.glob("train*.log"))]
+    assert len(logs) == 2 and all("Stage-2 feature cache on" in log for log in logs)  # both ranks cached

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aand_lightning.errors import UserError
 from aand_lightning.models.teacher import TEACHER_STRIDES
+from aand_lightning.stages.feature_cache import DTYPES
 
 # The student's bottleneck halves the deepest (stride-16) level once more, and its decoder doubles
 # back up: sizes must divide by this for the levels to line up.
@@ -66,6 +67,21 @@ def _image_size(cfg: DictConfig) -> None:
         )
 
 
+def _feature_cache(cfg: DictConfig) -> None:
+    dtype = _value(cfg, "distill.feature_cache.dtype")
+    if dtype not in DTYPES:
+        raise ConfigError(
+            f"distill.feature_cache.dtype={dtype} is not valid; pass one of {', '.join(DTYPES)}."
+        )
+    max_gb = _value(cfg, "distill.feature_cache.max_gb")
+    number = isinstance(max_gb, (int, float)) and not isinstance(max_gb, bool)
+    if max_gb is not None and not (number and max_gb >= 0):
+        raise ConfigError(
+            f"distill.feature_cache.max_gb={max_gb} is not valid; pass a number of GB >= 0, or null for "
+            "half the free memory of the training device."
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Sizes, batch sizes, epochs, fractions and the resume setting of a training config."""
     _image_size(cfg)
@@ -82,6 +98,7 @@ def check_config(cfg: DictConfig) -> None:
     _fraction(cfg, "evaluation.fpr_limit", 0.0, 1.0, closed_low=False, closed_high=True)
     _fraction(cfg, "synthesis.clean_probability", 0.0, 1.0, closed_low=True, closed_high=True)
     _fraction(cfg, "synthesis.beta_max", 0.0, 1.0, closed_low=True, closed_high=True)
+    _feature_cache(cfg)
     stages = list(cfg.stage.run)
     if "amplify" in stages and not cfg.raa.enabled:
         raise ConfigError(

@@ -244,6 +244,7 @@ def run_distill(
         model_config=model_config,
         threshold_quantile=cfg.distill.threshold_quantile,
         fpr_limit=cfg.evaluation.fpr_limit,
+        feature_cache=_plain(cfg.distill.feature_cache),
         **cfg.performance,
     )
     return _run_stage(cfg, "distill", module, datamodule, run_dir, [], ckpt_path, textures)

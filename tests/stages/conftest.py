@@ -27,6 +27,19 @@ class SyntheticBatches(Dataset):
         }
 
 
+class IndexedBatches(SyntheticBatches):
+    """Fixed items with their dataset index: stage 2's feature cache stores and then serves them."""
+
+    reusable = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skip_image = torch.zeros(len(self), dtype=torch.bool)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**super().__getitem__(i), "index": i}
+
+
 @pytest.fixture
 def resnet18_backbone() -> dict:
     """A tiny untrained teacher with RD's resnet18 student (basic blocks)."""
@@ -37,6 +50,11 @@ def resnet18_backbone() -> dict:
 @pytest.fixture
 def loader() -> DataLoader:
     return DataLoader(SyntheticBatches(), batch_size=2)
+
+
+@pytest.fixture
+def indexed_loader() -> DataLoader:
+    return DataLoader(IndexedBatches(), batch_size=2)
 
 
 @pytest.fixture

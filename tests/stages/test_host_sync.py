@@ -63,20 +63,24 @@ def _stage(name: str, backbone: dict) -> L.LightningModule:
     if name == "amplify":
         teacher = build_amplified_teacher(backbone, {"num_prototypes": 4})
         return AnomalyAmplification(teacher, AmplificationLoss(max_normal=40, max_anomalous=20), adam)
-    loss = HardKnowledgeDistillationLoss() if name == "distill" else CosineDistillationLoss()
-    model = build_aand(backbone, {"num_prototypes": 4, "enabled": name == "distill"}, {"sigma": 4.0})
+    raa = name in ("distill", "distill_cached")
+    loss = HardKnowledgeDistillationLoss() if raa else CosineDistillationLoss()
+    model = build_aand(backbone, {"num_prototypes": 4, "enabled": raa}, {"sigma": 4.0})
     return NormalityDistillation(model, loss, adam)
 
 
-@pytest.mark.parametrize("stage", ["amplify", "distill", "distill_rd"])
-def test_training_step_has_no_host_sync(stage, loader, resnet18_backbone, tmp_path):
+@pytest.mark.parametrize("stage", ["amplify", "distill", "distill_rd", "distill_cached"])
+def test_training_step_has_no_host_sync(stage, loader, indexed_loader, resnet18_backbone, tmp_path):
     callback = RecordTrainingStep()
+    cached = stage == "distill_cached"  # two epochs: the second reads every item from the cache
     trainer = L.Trainer(
-        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, callbacks=[callback],
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_steps=4 if cached else 2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
     )  # fmt: skip
-    trainer.fit(_stage(stage, resnet18_backbone), train_dataloaders=loader)
+    trainer.fit(_stage(stage, resnet18_backbone), train_dataloaders=indexed_loader if cached else loader)
     assert callback.recorder.syncing == []
+    assert not cached or indexed_loader.dataset.skip_image.all()
 
 
 def test_recorder_catches_a_sync():

@@ -30,13 +30,19 @@ class EpochSampler(DistributedSampler):
 
 
 class AnomalyDataset(Dataset):
-    """Items are dicts: image (3,H,W), mask (1,H,W), label, defect, path (+ foreground when synthetic).
+    """Items are dicts: image (3,H,W), mask (1,H,W), label, defect, path, index (+ foreground when
+    synthetic).
 
     mode "normal": the files as they are (stage 2, validation); "test": with ground-truth masks;
     "synthetic": a DRAEM-style anomaly is pasted inside the foreground (stage 1). The anomaly of an
     item is a pure function of (seed, epoch, index): indexed with `(epoch, index)` (see EpochSampler)
     it changes every epoch yet is identical after resuming a run; a plain index means epoch 0 (a
     stable validation set).
+
+    `skip_image` (one flag per index, in shared memory so loader workers see it) marks the items whose
+    image is no longer needed (stage 2's feature cache holds their teacher features): in "normal"
+    mode, where an item is its file resized and normalised and nothing else, such an item comes
+    without reading the file, with a zero image of the same shape.
     """
 
     def __init__(
@@ -62,6 +68,13 @@ class AnomalyDataset(Dataset):
         self.foreground_rule = foreground_rule or ForegroundRule()
         self.foreground_cache = foreground_cache or ForegroundCache(None)
         self.seed = seed
+        self.skip_image = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+
+    @property
+    def reusable(self) -> bool:
+        """Whether an item is the same every epoch and needs nothing but its image (no random
+        transform, no synthetic anomaly, no mask file), so what was computed from it may be reused."""
+        return self.mode == "normal"
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -69,6 +82,10 @@ class AnomalyDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         sample = self.samples[index]
+        item = {"label": sample.label, "defect": sample.defect, "path": str(sample.image), "index": index}
+        if self.reusable and self.skip_image[index]:
+            height, width = self.resize.size
+            return {**item, "image": torch.zeros(3, height, width), "mask": torch.zeros(1, height, width)}
         image = read_image(sample.image)
         if self.mode == "test" and sample.mask is not None:
             mask = read_mask(sample.mask, size=image.shape[:2])
@@ -81,7 +98,6 @@ class AnomalyDataset(Dataset):
         )
         out = self.resize(image=image, mask=mask.astype(np.uint8))
         image, mask = out["image"], out["mask"].astype(np.float32)
-        item = {"label": sample.label, "defect": sample.defect, "path": str(sample.image)}
         pixels = image.astype(np.float32) / 255.0
         if foreground is not None:
             pixels, mask = self.synthesizer(

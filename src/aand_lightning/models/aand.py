@@ -41,9 +41,14 @@ class AAND(nn.Module):
         self.teacher.eval()
         return self
 
-    def forward(self, images: torch.Tensor, with_map: bool = True) -> AANDOutput:
-        with torch.no_grad():
-            teacher = self.teacher(images)
+    def forward(
+        self, images: torch.Tensor, with_map: bool = True, teacher: TeacherOutput | None = None
+    ) -> AANDOutput:
+        """`teacher`: the teacher's output for `images` when the caller already has it (stage 2's
+        feature cache); it is computed here otherwise."""
+        if teacher is None:
+            with torch.no_grad():
+                teacher = self.teacher(images)
         student = self.student(teacher.amplified)
         if not with_map:
             return AANDOutput(teacher, student)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -10,7 +11,9 @@ from torch import nn
 
 from aand_lightning.distributed import gather_uneven
 from aand_lightning.models.aand import AAND
+from aand_lightning.models.amplified_teacher import TeacherOutput
 from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
+from aand_lightning.stages.feature_cache import FeatureCacheSettings, TeacherFeatureCache
 
 
 class NormalityDistillation(AnomalyStage):
@@ -21,6 +24,8 @@ class NormalityDistillation(AnomalyStage):
     Without such images (a tiny train split, `val_fraction=0`, or validation on the test set) the last
     epoch takes the quantile of the training images' scores instead, with a warning: never NaN.
     `model_config` is the plain description needed to rebuild the model (saved in the checkpoint).
+    `feature_cache` (`distill.feature_cache`: enabled, dtype, max_gb) keeps the frozen teacher's output
+    for each train and validation image after its first use (see stages/feature_cache.py).
     """
 
     map_name = "aand"
@@ -36,6 +41,7 @@ class NormalityDistillation(AnomalyStage):
         fpr_limit: float = 0.3,
         channels_last: bool = False,
         compile: bool = False,
+        feature_cache: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(optimizer, scheduler, fpr_limit, channels_last, compile)
         self.save_hyperparameters(
@@ -45,6 +51,8 @@ class NormalityDistillation(AnomalyStage):
         self.loss = loss
         self.threshold_quantile = threshold_quantile
         self._val_scores: list[torch.Tensor] = []
+        self.feature_cache_settings = FeatureCacheSettings(**(feature_cache or {}))
+        self.feature_cache: TeacherFeatureCache | None = None
 
     def trainable(self) -> nn.Module:
         return self.model.student
@@ -52,8 +60,30 @@ class NormalityDistillation(AnomalyStage):
     def compile_targets(self) -> list[nn.Module]:
         return [self.model.teacher, self.model.student]
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":  # a fresh cache per fit: a resumed run rebuilds it from the files
+            processes_per_host = self.trainer.num_devices if self.trainer is not None else 1
+            self.feature_cache = TeacherFeatureCache(self.feature_cache_settings, processes_per_host)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Dataset indices stay on the host: the feature cache looks them up without a device sync."""
+        if isinstance(batch, dict) and isinstance(batch.get("index"), torch.Tensor):
+            batch["index"] = batch["index"].tolist()
+        return batch
+
+    def _teacher(self, batch: dict, loaders: Any) -> TeacherOutput | None:
+        """The teacher's output for a training or validation batch: from the feature cache where it has
+        it (None, the model computes it, when there is no cache or during the sanity check)."""
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        dataset = getattr(loader, "dataset", None)
+        if self.feature_cache is None or dataset is None or self.trainer.sanity_checking:
+            return None
+        return self.feature_cache(self.model.teacher, batch["image"], dataset, batch.get("index"))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.model(batch["image"], with_map=False)
+        teacher = self._teacher(batch, self.trainer.train_dataloader)
+        out = self.model(batch["image"], with_map=False, teacher=teacher)
         loss = self.loss(out.teacher.amplified, out.student)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
         return loss
@@ -62,7 +92,7 @@ class NormalityDistillation(AnomalyStage):
         if self._validate_on_test():
             self.validate_on_test_batch(batch)
             return
-        out = self.model(batch["image"])
+        out = self.model(batch["image"], teacher=self._teacher(batch, self.trainer.val_dataloaders))
         loss = self.loss(out.teacher.amplified, out.student)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["image"]))
         self._val_scores.append(out.scores.detach())
