@@ -264,7 +264,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     datamodule.setup()  # lists and decodes every file now: bad data fails before a model is built
     resuming = cfg.ckpt_path is not None
     key = handoff.cache_key(cfg, datamodule.all_samples) if cfg.raa.enabled else ""
-    cached = None if resuming or not key else handoff.cached_teacher(cfg.teacher_cache, key)
+    cached = handoff.cached_teacher(cfg.teacher_cache, key) if key else None
+    stage1_started = (run_dir / "amplify" / "checkpoints" / LAST).is_file()  # resume it, not the cache
     teacher_path = Path(cfg.teacher_ckpt) if cfg.teacher_ckpt else None
     records: list[dict[str, Any]] = []
     if "amplify" in stages:
@@ -273,7 +274,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
             log.info("Stage 1 already finished in %s: continuing with what follows it", run_dir)
             teacher_path = run_dir / "amplify" / handoff.ARTIFACT_NAME
             records.append(finished)
-        elif cached is not None and "distill" in stages:
+        elif cached is not None and "distill" in stages and not (resuming and stage1_started):
             log.info("Reusing the cached stage-1 teacher %s (stage-1 config hash %s)", cached, key)
             teacher_path = cached
             if (cached.parent / "metrics.json").is_file():
