@@ -10,6 +10,7 @@ validation images, and of the images that get no synthetic anomaly in an epoch).
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -110,6 +111,7 @@ def stage2_epochs(
                 torch.cuda.reset_peak_memory_stats(device)
                 resident = torch.cuda.memory_allocated(device)  # every system's model and cache
             seconds[name].append(_epoch(system, loaders[name], epoch, device))
+            print(f"batch {batch}, {name}, epoch {epoch + 1}: {seconds[name][-1]:.1f} s", file=sys.stderr)
             if device.type == "cuda":
                 working = torch.cuda.max_memory_allocated(device) - resident
                 peaks[name] = max(peaks.get(name, 0), working)
