@@ -35,7 +35,7 @@ lint: install ## ruff
 benchmark: install ## AAND vs RD baseline under PROTOCOL=quick (demo data, CPU) or paper (BENCH_ARGS="--root mvtec=...")
 	$(PY) benchmarks/run.py --protocol $(PROTOCOL) $(BENCH_ARGS)
 
-bench-speed: install ## Speed vs anomalib's RD (own env with anomalib), FLOPs, fast paths; SPEED_ARGS="--device cuda"
+bench-speed: install ## Speed vs anomalib's RD (own env with anomalib): stage-2 epochs with the feature cache, steps, FLOPs, fast paths; SPEED_ARGS="--device cuda"
 	PY_BENCH=$$(bash benchmarks/anomalib_env.sh) && $$PY_BENCH -W ignore benchmarks/speed.py $(SPEED_ARGS)
 
 bench-aupro: install ## AUPRO speed: 100 maps of 256x256, ~300 regions, one core

@@ -1,11 +1,21 @@
 """`make bench-speed`: aand_lightning against anomalib's Reverse Distillation, and against the hardware.
 
-Same random images, same backbone (wide_resnet50_2, random weights: timing only), same size, same
-batches, same threads, one process; the systems alternate inside every repeat, so drift in machine
-load hits all of them alike. Reports median and spread (min–max) per measurement, FLOPs against the
-attainable float32 matmul rate, the top ops of one inference, the fast paths (channels_last, bf16
-autocast, torch.compile) with their numerical difference to float32 eager, and peak memory of each
-system measured in a fresh subprocess.
+Same images, same backbone (wide_resnet50_2, random weights: timing only), same size, same batches,
+same threads, one process; the systems take turns inside every repeat (or epoch), so drift in machine
+load hits all of them alike. The Markdown leads with the ratios measured in the run; a JSON file
+beside it holds the numbers. Sections (`--sections`, default all):
+
+- epochs (benchmarks/epochs.py): whole stage-2 epochs read from disk, AAND and RD mode with the
+  feature cache, AAND without it, anomalib's RD; epoch 1 and the later ones; the whole AAND training
+  (both stages, paper schedule) extrapolated against anomalib's; what a stage-1 cache could save; the
+  cache's memory per dataset category.
+- steps: one training step and one inference call of each system (median, min–max), the fast paths
+  (channels_last, bf16 autocast, torch.compile) with their numerical difference to float32 eager,
+  smoothing, the loaders, FLOPs against the limit, the top ops of one inference.
+- memory: peak memory of each system's step, each in a fresh subprocess.
+
+The limit (benchmarks/peak.py) is always measured: the best float32 rate over several matmul sizes
+and convolution shapes, and on a CPU the theoretical peak lscpu gives.
 
 anomalib is optional: run with a Python that has it (`benchmarks/anomalib_env.sh` builds one next
 to ours); without it its rows say so.
@@ -17,153 +27,32 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import importlib.metadata as md
 import itertools
+import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from epochs import epochs_section
+from peak import Peak, describe, machine_peak
+from systems import (
+    ROOT,
+    SYSTEMS,
+    Stage1Step,
+    System,
+    measure,
+    timed,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
-from aand_lightning.config import config_dir
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
-from aand_lightning.models.build import build_aand, build_amplified_teacher
-from aand_lightning.models.losses import (
-    AmplificationLoss,
-    CosineDistillationLoss,
-    HardKnowledgeDistillationLoss,
-)
-
-ROOT = Path(__file__).resolve().parents[1]
-WRN50 = {
-    "name": "wide_resnet50_2",
-    "weights": "none",
-    "student": {
-        "block": "bottleneck",
-        "fusion_blocks": 3,
-        "decoder_layers": [3, 4, 6],
-        "width_per_group": 128,
-    },
-}
-# ours_rd_w64: our RD with anomalib's 64-wide bottleneck (RD's own is 128-wide), to compare equal FLOPs
-SYSTEMS = ("ours_rd", "ours_rd_w64", "ours_aand", "anomalib_rd")
-WRN50_W64 = {**WRN50, "student": {**WRN50["student"], "fusion_width_per_group": 64}}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-@functools.cache
-def _train_config() -> DictConfig:
-    return OmegaConf.load(config_dir() / "train.yaml")
-
-
-def configured_optimizer(stage: str, params) -> torch.optim.Optimizer:
-    """The optimizer conf/train.yaml gives a stage (Adam, fused)."""
-    return instantiate(_train_config()[stage].optimizer)(params)
-
-
-class System:
-    """A model with a training step and an inference call on normalised images."""
-
-    def __init__(
-        self, name: str, device: torch.device, size: int, channels_last: bool = False, bf16: bool = False
-    ) -> None:
-        self.name = name
-        self.available = True
-        self.channels_last, self.bf16 = channels_last, bf16
-        self.device = device
-        torch.manual_seed(0)
-        if name.startswith("ours"):
-            raa = {"enabled": name == "ours_aand"}
-            backbone = WRN50_W64 if name == "ours_rd_w64" else WRN50
-            self.model = build_aand(backbone, raa, {"sigma": 4.0}).to(device)
-            self.loss = HardKnowledgeDistillationLoss() if raa["enabled"] else CosineDistillationLoss()
-            params = self.model.student.parameters()
-        else:
-            try:
-                from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode
-                from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
-                from anomalib.models.image.reverse_distillation.torch_model import ReverseDistillationModel
-            except ImportError:
-                self.available = False
-                return
-            self.model = ReverseDistillationModel(
-                backbone="wide_resnet50_2", input_size=(size, size), layers=["layer1", "layer2", "layer3"],
-                anomaly_map_mode=AnomalyMapGenerationMode.ADD, pre_trained=False,
-            ).to(device)  # fmt: skip
-            self.loss = ReverseDistillationLoss()
-            params = [p for n, p in self.model.named_parameters() if not n.startswith("encoder")]
-        if name.startswith("ours"):
-            self.optimizer = configured_optimizer("distill", params)
-        else:  # anomalib's ReverseDistillation.configure_optimizers
-            self.optimizer = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.99))
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
-
-    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-
-    def _autocast(self) -> torch.autocast:
-        """bf16 autocast around forward and loss, as trainer.precision=bf16-mixed does."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-
-    def train_step(self, images: torch.Tensor) -> None:
-        self.model.train()
-        with self._autocast():
-            if self.name.startswith("ours"):
-                out = self.model(self._inputs(images), with_map=False)
-                loss = self.loss(out.teacher.amplified, out.student)
-            else:
-                encoder, decoder = self.model(self._inputs(images))
-                loss = self.loss(encoder, decoder)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
-    @torch.no_grad()
-    def infer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.model.eval()
-        with self._autocast():
-            out = self.model(self._inputs(images))
-        if self.name.startswith("ours"):
-            return out.maps, out.scores
-        return out.anomaly_map, out.pred_score
-
-
-def measure(
-    systems: dict[str, System], images: torch.Tensor, repeats: int, kind: str, device
-) -> dict[str, list[float]]:
-    """Seconds per call; two warm-up rounds, then the systems alternate within every repeat."""
-    call = {"train": lambda s: s.train_step(images), "infer": lambda s: s.infer(images)}[kind]
-    for _ in range(2):  # the first timed round after a single warm-up still ran slow for every system
-        for system in systems.values():
-            call(system)
-    times: dict[str, list[float]] = {name: [] for name in systems}
-    for _ in range(repeats):
-        for name, system in systems.items():
-            times[name].append(timed(lambda s=system: call(s), device))
-    return times
 
 
 def stage1_images_per_second(device: torch.device, batch: int, size: int, repeats: int) -> dict[str, float]:
@@ -176,21 +65,13 @@ def stage1_images_per_second(device: torch.device, batch: int, size: int, repeat
         timed(lambda: [synthesizer(p, foreground, rng) for p in pictures], torch.device("cpu"))
         for _ in range(repeats)
     ]
-    teacher = build_amplified_teacher(WRN50, {"enabled": True}).to(device)
-    loss_fn = AmplificationLoss()
-    optimizer = configured_optimizer("amplify", teacher.raa.parameters())
     images = torch.randn(batch, 3, size, size, device=device)
     mask = torch.zeros(batch, 1, size, size, device=device)
     mask[:, :, size // 4 : size // 2, size // 4 : size // 2] = 1
+    stage1_step = Stage1Step(device)
 
     def step() -> None:
-        with torch.no_grad():
-            features = teacher.teacher(images)
-        out = teacher.amplify(features, loss_fn.level_targets(mask, features))
-        loss = loss_fn(out.features, out.amplified, out.gates, mask)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        stage1_step(images, mask)
 
     step()
     steps = [timed(step, device) for _ in range(repeats)]
@@ -208,15 +89,6 @@ def flops(system: System, images: torch.Tensor) -> dict[str, float]:
     with counter:
         system.train_step(images)
     return {"inference": inference, "train": counter.get_total_flops()}
-
-
-def attainable_flops(
-    device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5
-) -> float:
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = min(timed(lambda: a @ b, device) for _ in range(repeats))
-    return 2 * n**3 / best
 
 
 def top_ops(system: System, images: torch.Tensor, k: int = 8) -> list[tuple[str, float]]:
@@ -355,40 +227,15 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile fast path")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--probe", nargs=2, metavar=("SYSTEM", "KIND"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+SECTIONS = ("epochs", "steps", "memory")
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if args.probe:
-        probe(*args.probe, device, args.batch_sizes[0], args.size)
-        return
+
+def steps_section(args, device: torch.device, peak: Peak, headline: list[str]) -> list[str]:
+    """Per batch: one training step and one inference call of each system, the fast paths, smoothing,
+    the loaders; then FLOPs against the limit and the top ops."""
     systems = {name: System(name, device, args.size) for name in SYSTEMS}
     systems = {n: s for n, s in systems.items() if s.available}
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
-    lines = [
-        f"# Speed benchmark {dt.date.today()} (`benchmarks/speed.py`)",
-        "",
-        f"Device {device} ({hardware}), threads {args.threads}, {args.size} px, wide_resnet50_2 with random "
-        f"weights; load average at start {os.getloadavg()[0]:.2f}. Versions: torch {torch.__version__}, "
-        f"aand-lightning {_version('aand-lightning')}, anomalib {_version('anomalib')}. "
-        f"Median of {args.repeats} timed calls after two warm-up rounds, (min–max).",
-        "",
-    ]
-    if "anomalib_rd" not in systems:
-        lines += ["anomalib is not importable in this Python: its rows are missing.", ""]
+    lines: list[str] = []
     medians: dict[int, dict[str, dict[str, float]]] = {}  # batch → kind → system → seconds
     for batch in args.batch_sizes:
         images = torch.randn(batch, 3, args.size, args.size, device=device)
@@ -397,7 +244,9 @@ def main() -> None:
         medians[batch] = {kind: {name: statistics.median(times[name]) for name in systems}
                           for kind, times in (("train", train), ("infer", infer))}  # fmt: skip
         lines += [
-            f"## Batch {batch}",
+            f"## One step, batch {batch}",
+            "",
+            f"Median of {args.repeats} timed calls after two warm-up rounds, (min–max).",
             "",
             "| system | stage-2 train step | inference call | inference img/s |",
             "|---|---|---|---|",
@@ -408,6 +257,9 @@ def main() -> None:
         if "anomalib_rd" in systems:
             ratio = statistics.median(train["ours_rd"]) / statistics.median(train["anomalib_rd"])
             lines.append(f"\nTrain step ours RD / anomalib RD: **{ratio:.2f}** (target ≤ 1.0).")
+            headline.append(
+                f"- Batch {batch}, one uncached training step: ours RD / anomalib RD **{ratio:.2f}**."
+            )
             ratio = statistics.median(train["ours_rd_w64"]) / statistics.median(train["anomalib_rd"])
             lines.append(
                 f"Train step ours RD with anomalib's 64-wide bottleneck / anomalib RD: **{ratio:.2f}**."
@@ -437,8 +289,6 @@ def main() -> None:
             f"{1000 * smooth['device']:.1f} ms, scipy.ndimage on the host (copies included) "
             f"{1000 * smooth['host']:.1f} ms; max abs difference {smooth['max_abs_diff']:.1e}.",
             "",
-        ]
-        lines += [
             f"### Loader alone, batch {batch} (generated {args.size} px images read from disk, host)",
             "",
             "| stage | workers | images/s |",
@@ -447,24 +297,23 @@ def main() -> None:
         lines += [f"| {st} | {w} | {ips:.1f} |" for st, w, ips in loader_throughput(batch, args.size)]
         lines += [""]
     one = torch.randn(1, 3, args.size, args.size, device=device)
-    peak, n, batch = attainable_flops(device), 2048, args.batch_sizes[0]
+    batch = args.batch_sizes[0]
     lines += [
-        "## FLOPs and the limit", "",
-        f"Attainable matmul ({n}×{n}): float32 {peak / 1e9:.1f} GFLOP/s, bfloat16 "
-        f"{attainable_flops(device, torch.bfloat16) / 1e9:.1f} GFLOP/s. FLOPs counted per image "
-        f"(torch FlopCounterMode: convolutions and matmuls); achieved = FLOPs × {batch} / the batch-{batch} "
-        "median above.", "",
-        "| system | inference GFLOP | train step GFLOP | inference achieved / attainable "
-        "| training achieved / attainable |",
+        "## FLOPs of one step against the limit", "",
+        "FLOPs counted per image (torch FlopCounterMode: convolutions and matmuls, direct-convolution "
+        f"counts); achieved = FLOPs × {batch} / the batch-{batch} median above, as a share of the "
+        "measured limit.", "",
+        "| system | inference GFLOP | train step GFLOP | inference achieved / limit "
+        "| training achieved / limit |",
         "|---|---|---|---|---|",
     ]  # fmt: skip
     counts = {name: flops(system, one) for name, system in systems.items()}
     for name, count in counts.items():
-        achieved = {kind: count[key] * batch / medians[batch][kind][name] / peak
+        achieved = {kind: count[key] * batch / medians[batch][kind][name]
                     for kind, key in (("infer", "inference"), ("train", "train"))}  # fmt: skip
         lines.append(
             f"| {name} | {count['inference'] / 1e9:.1f} | {count['train'] / 1e9:.1f} | "
-            f"{100 * achieved['infer']:.0f} % | {100 * achieved['train']:.0f} % |"
+            f"{peak.share(achieved['infer'])} | {peak.share(achieved['train'])} |"
         )
     floor = counts["ours_aand"]["inference"] / counts["ours_rd"]["inference"]
     lines.append(
@@ -475,22 +324,79 @@ def main() -> None:
     lines += ["", f"Top ops of one AAND inference, batch {batch} ({where}):", ""]
     images = torch.randn(batch, 3, args.size, args.size, device=device)
     lines += [f"- {op}: {share:.1f} %" for op, share in top_ops(systems["ours_aand"], images)]
-    if not args.no_memory:
-        lines += ["", f"## Peak memory (batch {args.batch_sizes[0]}, fresh process each)", "",
-                  "| system | train step MB | inference MB |", "|---|---|---|"]  # fmt: skip
-        for name in systems:
-            train_mb = peak_memory(name, "train", args.batch_sizes[0], args.size, args.device)
-            infer_mb = peak_memory(name, "infer", args.batch_sizes[0], args.size, args.device)
-            lines.append(f"| {name} | {train_mb:.0f} | {infer_mb:.0f} |")
-        lines.append("\nCPU figures are the whole process's peak RSS (Python, torch and the model included).")
-    lines.append(
-        f"\nPeak RSS of this whole run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB."
+    return [*lines, ""]
+
+
+def memory_section(args, names: list[str]) -> list[str]:
+    lines = [f"## Peak memory of one step (batch {args.batch_sizes[0]}, fresh process each)", "",
+             "| system | train step MB | inference MB |", "|---|---|---|"]  # fmt: skip
+    for name in names:
+        train_mb = peak_memory(name, "train", args.batch_sizes[0], args.size, args.device)
+        infer_mb = peak_memory(name, "infer", args.batch_sizes[0], args.size, args.device)
+        lines.append(f"| {name} | {train_mb:.0f} | {infer_mb:.0f} |")
+    lines.append("\nCPU figures are the whole process's peak RSS (Python, torch and the model included).")
+    return [*lines, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="what to measure (default: all); the limit is always measured")  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=3, help="stage-2 epochs per system (first + later)")
+    parser.add_argument("--epoch-images", type=int, default=32, help="images per stage-2 epoch (≤ 40)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile fast path")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", help="file name stem (default <date>-speed-<device>)")
+    parser.add_argument("--probe", nargs=2, metavar=("SYSTEM", "KIND"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.probe:
+        probe(*args.probe, device, args.batch_sizes[0], args.size)
+        return
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
+    load = os.getloadavg()[0]
+    header = [
+        f"# Speed benchmark {dt.date.today()} (`benchmarks/speed.py`)",
+        "",
+        f"Device {device} ({hardware}), threads {args.threads}, {args.size} px, wide_resnet50_2 with random "
+        f"weights; load average at start {load:.2f}. Versions: torch {torch.__version__}, "
+        f"aand-lightning {_version('aand-lightning')}, anomalib {_version('anomalib')}. "
+        f"Sections: {', '.join(args.sections)}.",
+        "",
+    ]
+    if not System("anomalib_rd", device, args.size).available:
+        header += ["anomalib is not importable in this Python: its rows are missing.", ""]
+    peak = machine_peak(device, args.threads)
+    headline: list[str] = []
+    report: dict = {"device": str(device), "hardware": hardware, "threads": args.threads, "size": args.size,
+                    "load_average_at_start": load, "limit_gflops": peak.measured / 1e9,
+                    "theoretical_gflops": peak.theoretical and peak.theoretical / 1e9}  # fmt: skip
+    body = ["## The limit", "", *describe(peak), ""]
+    if "epochs" in args.sections:
+        body += epochs_section(args, device, peak, headline, report)
+    if "steps" in args.sections:
+        body += steps_section(args, device, peak, headline)
+    if "memory" in args.sections:
+        body += memory_section(args, [n for n in SYSTEMS if System(n, device, args.size).available])
+    body.append(
+        f"Peak RSS of this whole run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB."
+    )
+    lines = [*header, "## Headline: ratios measured in this run", "", *headline, "", *body]
     args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"{dt.date.today()}-speed-{device.type}.md"
-    path.write_text("\n".join(lines) + "\n")
+    stem = args.name or f"{dt.date.today()}-speed-{device.type}"
+    (args.output / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (args.output / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     print("\n".join(lines))
-    print(f"written to {path}")
+    print(f"written to {args.output / stem}.md and .json")
 
 
 if __name__ == "__main__":

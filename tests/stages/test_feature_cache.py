@@ -177,14 +177,23 @@ def test_the_first_epoch_fills_the_cache_and_later_epochs_neither_call_the_teach
     assert 1 not in counter.reads and 2 not in counter.reads
 
 
-@pytest.mark.parametrize("raa", [False, True], ids=["rd", "aand"])
-def test_cache_on_and_off_give_identical_metrics(train_in_process, raa):
-    """float32 cache: the stage-2 test metrics equal the uncached ones (trainer=debug's two batches per
-    epoch also make batches that mix stored and new items). AAND: both from one stage-1 teacher, equal
-    to float32 rounding: RAA's matmuls round an image's features by the size of the batch it is in,
-    and the teacher sees only the new items of a mixed batch (uncached, an image's features already
-    change in the last bit with the batch it falls in)."""
-    overrides = ["stage=distill", "distill.epochs=3", "raa=default" if raa else "raa=off"]
+@pytest.mark.parametrize(
+    ("raa", "fast_path"),
+    [
+        pytest.param(False, [], id="rd"),
+        pytest.param(True, [], id="aand"),
+        pytest.param(False, ["performance.channels_last=true"], id="rd_channels_last"),
+        pytest.param(False, ["trainer.precision=bf16-mixed"], id="rd_bf16_autocast"),
+    ],
+)
+def test_cache_on_and_off_give_identical_metrics(train_in_process, raa, fast_path):
+    """float32 cache: the stage-2 test metrics equal the uncached ones, also on the fast paths (the
+    cache hands back the teacher's dtype and memory format); trainer=debug's two batches per epoch also
+    make batches that mix stored and new items. AAND: both from one stage-1 teacher, equal to float32
+    rounding: RAA's matmuls round an image's features by the size of the batch it is in, and the
+    teacher sees only the new items of a mixed batch (uncached, an image's features already change in
+    the last bit with the batch it falls in)."""
+    overrides = ["stage=distill", "distill.epochs=3", "raa=default" if raa else "raa=off", *fast_path]
     if raa:
         _, teacher_run = train_in_process("teacher", "stage=amplify", "teacher_cache=null")
         overrides.append(f"teacher_ckpt={teacher_run / 'amplify' / 'teacher.pt'}")

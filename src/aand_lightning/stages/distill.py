@@ -63,8 +63,8 @@ class NormalityDistillation(AnomalyStage):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit":  # a fresh cache per fit: a resumed run rebuilds it from the files
-            processes_per_host = self.trainer.num_devices if self.trainer is not None else 1
-            self.feature_cache = TeacherFeatureCache(self.feature_cache_settings, processes_per_host)
+            # on the host, the processes of one machine share its memory (CPU DDP: one per device)
+            self.feature_cache = TeacherFeatureCache(self.feature_cache_settings, self.trainer.num_devices)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Dataset indices stay on the host: the feature cache looks them up without a device sync."""

@@ -59,19 +59,14 @@ class FeatureStore:
     """
 
     def __init__(self, stored: torch.Tensor, like: TeacherOutput, dtype: torch.dtype) -> None:
-        size = len(stored)
         self.stored = stored.numpy()
-        self.has_gates = like.gates is not None
-        self.levels = [_allocate(size, t, dtype) for t in self._tensors(like)]
-        self.dtypes = [t.dtype for t in self._tensors(like)]
-
-    def _tensors(self, out: TeacherOutput) -> list[torch.Tensor]:
-        return [*out.amplified, *(out.gates or [])]
+        self.count = len(like.amplified)
+        self.levels = [_allocate(len(stored), t, dtype) for t in _kept(like)]
+        self.dtypes = [t.dtype for t in _kept(like)]
 
     @staticmethod
     def item_bytes(like: TeacherOutput, dtype: torch.dtype) -> int:
-        tensors = [*like.amplified, *(like.gates or [])]
-        return sum(t[0].numel() for t in tensors) * torch.empty((), dtype=dtype).element_size()
+        return sum(t[0].numel() for t in _kept(like)) * torch.empty((), dtype=dtype).element_size()
 
     def nbytes(self) -> int:
         return sum(level.numel() * level.element_size() for level in self.levels)
@@ -82,7 +77,7 @@ class FeatureStore:
 
     def write(self, indices: np.ndarray, out: TeacherOutput) -> None:
         rows = torch.from_numpy(indices).to(self.levels[0].device)
-        for level, tensor in zip(self.levels, self._tensors(out), strict=True):
+        for level, tensor in zip(self.levels, _kept(out), strict=True):
             level.index_copy_(0, rows, tensor.to(level.dtype))
         self.stored[indices] = True
 
@@ -93,8 +88,14 @@ class FeatureStore:
             level.index_select(0, rows).to(dtype).contiguous(memory_format=_memory_format(level))
             for level, dtype in zip(self.levels, self.dtypes, strict=True)
         ]
-        count = len(tensors) // 2 if self.has_gates else len(tensors)
-        return TeacherOutput(features=[], amplified=tensors[:count], gates=tensors[count:] or None)
+        return TeacherOutput(
+            features=[], amplified=tensors[: self.count], gates=tensors[self.count :] or None
+        )
+
+
+def _kept(out: TeacherOutput) -> list[torch.Tensor]:
+    """What stage 2 reads of the teacher's output: the amplified levels, then the gates (if any)."""
+    return [*out.amplified, *(out.gates or [])]
 
 
 def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
@@ -167,7 +168,7 @@ class TeacherFeatureCache:
         return store
 
     def _refusal(self, dataset: object, like: TeacherOutput) -> str | None:
-        if not getattr(dataset, "reusable", False):
+        if not getattr(dataset, "reusable", False) or not hasattr(dataset, "skip_image"):
             return "its items are not the same every epoch (a random transform or synthetic anomalies)"
         device = like.amplified[0].device
         if self.budget is None:
