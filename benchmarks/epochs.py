@@ -25,13 +25,19 @@ from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
 from aand_lightning.models.build import build_amplified_teacher
 from aand_lightning.stages.feature_cache import FeatureCacheSettings, FeatureStore, TeacherFeatureCache
 
-# name: (system, cached)
+# name: (system, cached, bf16 autocast). The bf16 pair shows trainer.precision=bf16-mixed on both sides.
 EPOCH_SYSTEMS = {
-    "aand_cached": ("ours_aand", True),
-    "aand_uncached": ("ours_aand", False),
-    "rd_cached": ("ours_rd", True),
-    "rd_w64_cached": ("ours_rd_w64", True),
-    "anomalib_rd": ("anomalib_rd", False),
+    "aand_cached": ("ours_aand", True, False),
+    "aand_uncached": ("ours_aand", False, False),
+    "rd_cached": ("ours_rd", True, False),
+    "rd_w64_cached": ("ours_rd_w64", True, False),
+    "anomalib_rd": ("anomalib_rd", False, False),
+    "aand_cached_bf16": ("ours_aand", True, True),
+    "anomalib_rd_bf16": ("anomalib_rd", False, True),
+}
+# What each system's epochs are compared with: the same precision on anomalib's side.
+REFERENCE = {
+    name: "anomalib_rd_bf16" if bf16 else "anomalib_rd" for name, (_, _, bf16) in EPOCH_SYSTEMS.items()
 }
 # Normal training images per category (train/good), from the datasets' own listings: the stage-2 cache
 # holds these (train + the validation share held out from them).
@@ -92,9 +98,9 @@ def stage2_epochs(
     datamodule = _datamodule(source, size, batch)
     samples = source.splits().train[:count]
     systems, loaders = {}, {}
-    for name, (system_name, cached) in EPOCH_SYSTEMS.items():
+    for name, (system_name, cached, bf16) in EPOCH_SYSTEMS.items():
         cache = TeacherFeatureCache(FeatureCacheSettings()) if cached else None
-        system = System(system_name, device, size, cache=cache)
+        system = System(system_name, device, size, bf16=bf16, cache=cache)
         if not system.available:
             continue
         systems[name] = system
@@ -169,15 +175,17 @@ def whole_training(
     """Seconds of both AAND stages (cached and uncached stage 2) and of anomalib's RD for the same
     number of stage-2 epochs, extrapolated from the measured epochs (validation left out)."""
     stage1_total = stage1_epochs * s1.epoch_seconds
-    totals = {
-        "aand_cached": stage1_total
-        + result.first("aand_cached")
-        + (stage2_epochs - 1) * result.later("aand_cached"),
-        "aand_uncached": stage1_total + stage2_epochs * statistics.mean(result.seconds["aand_uncached"]),
-        "stage1": stage1_total,
-    }
-    if "anomalib_rd" in result.seconds:
-        totals["anomalib_rd"] = stage2_epochs * statistics.mean(result.seconds["anomalib_rd"])
+
+    def stage2(name: str) -> float:  # the same formula for every system: epoch 1, then the later ones
+        return result.first(name) + (stage2_epochs - 1) * result.later(name)
+
+    totals = {"stage1": stage1_total}
+    for name in ("aand_cached", "aand_uncached", "aand_cached_bf16"):
+        if name in result.seconds:
+            totals[name] = stage1_total + stage2(name)
+    for name in ("anomalib_rd", "anomalib_rd_bf16"):
+        if name in result.seconds:
+            totals[name] = stage2(name)
     return totals
 
 
@@ -257,13 +265,13 @@ def _epoch_lines(
     clean, val_fraction = plan.clean_probability, plan.val_fraction
     names = list(result.seconds)
     anomalib = "anomalib_rd" in result.seconds
-    reference = statistics.mean(result.seconds["anomalib_rd"]) if anomalib else None
     lines = [
         f"## Stage-2 epochs, batch {batch}", "",
         f"{args.epoch_images} generated {args.size} px images read from disk by the project's loader (no "
         f"workers), {args.epochs} epochs per system, the systems taking turns epoch by epoch; validation "
-        "left out. Epoch 1 fills the caches; 'later' is the mean of the epochs after it. Ratios are against "
-        "anomalib RD's mean epoch.", "",
+        "left out. Epoch 1 fills the caches; 'later' is the mean of the epochs after it. Ratios compare like "
+        "with like: epoch 1 with anomalib RD's epoch 1, later with its later epochs, bf16 with its bf16. "
+        "The limit is a float32 one, so bf16 rows give no share of it.", "",
         "| system | epoch 1 s | later epochs s | epoch 1 / anomalib | later / anomalib | train GFLOP/img "
         "| later achieved / limit |",
         "|---|---|---|---|---|---|---|",
@@ -273,9 +281,13 @@ def _epoch_lines(
         first, later = result.first(name), result.later(name)
         gflop = result.flops_per_image[name] / 1e9
         achieved = result.flops_per_image[name] * args.epoch_images / later
-        ratios = [f"{first / reference:.2f}", f"{later / reference:.2f}"] if anomalib else ["–", "–"]
+        ref = REFERENCE[name]
+        ratios = ["–", "–"]
+        if anomalib:
+            ratios = [f"{first / result.first(ref):.2f}", f"{later / result.later(ref):.2f}"]
+        share = "– (bf16)" if EPOCH_SYSTEMS[name][2] else peak.share(achieved)
         lines.append(f"| {name} | {first:.1f} | {later:.1f} | {ratios[0]} | {ratios[1]} | {gflop:.1f} | "
-                     f"{peak.share(achieved)} |")  # fmt: skip
+                     f"{share} |")  # fmt: skip
         by_batch["train_gflop_per_image"][name] = gflop
     if result.peak_cuda_bytes:
         working = ", ".join(f"{n} {b / 1e9:.2f} GB" for n, b in result.peak_cuda_bytes.items())
@@ -290,19 +302,23 @@ def _epoch_lines(
         cache_bytes=result.cache_bytes, peak_cuda_bytes=result.peak_cuda_bytes,
     )  # fmt: skip
     if anomalib:
-        ratio = {name: result.later(name) / reference for name in names}
+        ratio = {name: result.later(name) / result.later(REFERENCE[name]) for name in names}
         total_ratio = totals["aand_cached"] / totals["anomalib_rd"]
         uncached_total = totals["aand_uncached"] / totals["anomalib_rd"]
+        bf16_total = totals["aand_cached_bf16"] / totals["anomalib_rd_bf16"]
         by_batch["later_epoch_ratio_over_anomalib_rd"] = ratio
         by_batch["aand_total_train_ratio_over_anomalib_rd"] = total_ratio
         headline += [
             f"- Batch {batch}, stage-2 epoch (after the first) / anomalib RD's: AAND cached "
             f"**{ratio['aand_cached']:.2f}** (target ≤ 0.70), RD mode cached **{ratio['rd_cached']:.2f}** "
             f"(RD's 128-wide bottleneck; target ≤ 0.70), RD mode cached with anomalib's 64-wide bottleneck "
-            f"**{ratio['rd_w64_cached']:.2f}**, AAND uncached {ratio['aand_uncached']:.2f}.",
+            f"**{ratio['rd_w64_cached']:.2f}**, AAND uncached {ratio['aand_uncached']:.2f}; both in bf16 "
+            f"autocast, AAND cached **{ratio['aand_cached_bf16']:.2f}**. Float32 FLOPs per training image: "
+            f"AAND cached {result.flops_per_image['aand_cached'] / 1e9:.1f} G, anomalib RD "
+            f"{result.flops_per_image['anomalib_rd'] / 1e9:.1f} G.",
             f"- Batch {batch}, whole AAND training ({stage1_epochs} stage-1 + {stage2_epochs_count} stage-2 "
             f"epochs) / anomalib RD's {stage2_epochs_count} epochs: **{total_ratio:.2f}** with the cache, "
-            f"{uncached_total:.2f} without.",
+            f"{uncached_total:.2f} without; both in bf16 autocast {bf16_total:.2f}.",
         ]
         lines += [
             "",
@@ -311,7 +327,9 @@ def _epoch_lines(
             f"AAND = {stage1_epochs} stage-1 epochs × {s1.epoch_seconds:.1f} s + stage 2 (epoch 1, then "
             f"{stage2_epochs_count - 1} later epochs) = {totals['aand_cached']:.0f} s with the cache, "
             f"{totals['aand_uncached']:.0f} s without; anomalib RD {stage2_epochs_count} epochs = "
-            f"{totals['anomalib_rd']:.0f} s. Ratio **{total_ratio:.2f}** (uncached {uncached_total:.2f}).",
+            f"{totals['anomalib_rd']:.0f} s (epoch 1, then the later ones). Ratio **{total_ratio:.2f}** "
+            f"(uncached "
+            f"{uncached_total:.2f}; bf16 autocast on both sides {bf16_total:.2f}, stage 1 in float32).",
         ]
     lines += [
         "",
@@ -330,6 +348,10 @@ def _epoch_lines(
         report["stage2_epoch_ratio_aand_uncached_over_anomalib_rd"] = ratio["aand_uncached"]
         report["stage2_epoch_ratio_rd_cached_over_anomalib_rd"] = ratio["rd_cached"]
         report["stage2_epoch_ratio_rd_w64_cached_over_anomalib_rd"] = ratio["rd_w64_cached"]
+        report["stage2_epoch_ratio_aand_cached_bf16_over_anomalib_rd_bf16"] = ratio["aand_cached_bf16"]
+        report["flops_ratio_aand_cached_over_anomalib_rd"] = (
+            result.flops_per_image["aand_cached"] / result.flops_per_image["anomalib_rd"]
+        )
         report["aand_total_train_ratio_over_anomalib_rd"] = total_ratio
     report["cache_peak_memory_gb"] = max(
         report.get("cache_peak_memory_gb", 0.0), max(result.cache_bytes.values(), default=0) / 1e9
