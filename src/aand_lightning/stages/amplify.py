@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from aand_lightning.models.amplified_teacher import AmplifiedTeacher
@@ -81,9 +80,4 @@ class AnomalyAmplification(AnomalyStage):
         )
 
     def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gates = self.teacher(images).gates
-        size = tuple(images.shape[-2:])
-        mean_gate = sum(
-            F.interpolate(g, size=size, mode="bilinear", align_corners=True) for g in gates
-        ) / len(gates)
-        return self.anomaly_map.smooth_and_score(mean_gate)
+        return self.anomaly_map.gate_map(self.teacher(images).gates, tuple(images.shape[-2:]))
