@@ -40,7 +40,7 @@ def test_export_cli_writes_sidecar(stage2_checkpoint, tmp_path):
 
 def test_fused_checkpoint_exports_the_fused_map(fused_checkpoint, tmp_path):
     model, config = load_model(fused_checkpoint)
-    assert config["anomaly_map"]["fusion"] == "auto" and model.map_name == "fused"
+    assert config["anomaly_map"]["fusion"] == 0.5 and model.map_name == "fused"
     assert model.fusion.calibrated and torch.isfinite(model.threshold)
     images = torch.randn(3, 3, 64, 64)
     with torch.no_grad():

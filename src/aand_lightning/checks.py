@@ -101,6 +101,7 @@ def check_config(cfg: DictConfig) -> None:
     _fraction(cfg, "synthesis.clean_probability", 0.0, 1.0, closed_low=True, closed_high=True)
     _fraction(cfg, "synthesis.beta_max", 0.0, 1.0, closed_low=True, closed_high=True)
     _fusion(cfg)
+    _integer(cfg, "anomaly_map.fusion_draws", 1)
     ckpt = cfg.ckpt_path
     if ckpt not in (None, "last") and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt} is not a file; pass ckpt_path=last or the path of a .ckpt file.")
