@@ -1,7 +1,15 @@
 import os
+from functools import partial
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
+
+from aand_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from aand_lightning.models.build import build_aand
+from aand_lightning.models.losses import HardKnowledgeDistillationLoss
+from aand_lightning.stages import NormalityDistillation
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +82,42 @@ def train_at():
 def train_in_process(tmp_path):
     """`train_here` under this test's tmp_path: call it with a run name and overrides."""
     return lambda name, *overrides: train_here(tmp_path, name, *overrides)
+
+
+class _Images(torch.utils.data.Dataset):
+    """Random normalised images as the datamodule's batches (normal: empty masks, label 0)."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        self.images = torch.randn(count, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "mask": torch.zeros(1, 64, 64), "label": 0}
+
+
+@pytest.fixture(scope="session")
+def fused_checkpoint(tmp_path_factory) -> Path:
+    """A stage-2 checkpoint whose output is the fused map (`fusion=0.5`), made in-process: resnet18
+    without weights, untrained RAA, 64 px, one epoch of two steps, then calibrated on 'normal' images."""
+    backbone = {"name": "resnet18", "weights": "none",
+                "student": {"block": "basic", "fusion_blocks": 2, "decoder_layers": [2, 2, 2]}}  # fmt: skip
+    raa, anomaly_map = {"num_prototypes": 4}, {"sigma": 4.0, "fusion": 0.5}
+    torch.manual_seed(0)
+    config = {"backbone": backbone, "raa": raa, "anomaly_map": anomaly_map, "image_size": 64,
+              "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}  # fmt: skip
+    module = NormalityDistillation(
+        build_aand(backbone, raa, anomaly_map), HardKnowledgeDistillationLoss(),
+        partial(torch.optim.Adam, lr=1e-3), model_config=config,
+    )  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=tmp_path_factory.mktemp("fused"),
+    )  # fmt: skip
+    loader = partial(torch.utils.data.DataLoader, batch_size=2)
+    trainer.fit(module, train_dataloaders=loader(_Images(4, 0)), val_dataloaders=loader(_Images(5, 1)))
+    path = Path(trainer.default_root_dir) / "fused.ckpt"
+    trainer.save_checkpoint(path)
+    return path

@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from aand_lightning.checks import ConfigError, check_config
 from aand_lightning.config import config_dir
 
 CONF = config_dir()
@@ -79,6 +80,7 @@ def test_paper_experiments_are_the_paper_protocol():
         assert cfg.dataset.image_size == 256 and cfg.datamodule.batch_size == 16
         assert cfg.amplify.epochs == 100 and cfg.distill.epochs == 120
         assert cfg.backbone.name.startswith("wide_resnet50_2")
+        assert cfg.anomaly_map.fusion == "off"  # the paper's map; the fused one is only reported
         categories = cfg.hydra.sweeper.params["dataset.category"].split(",")
         assert sorted(categories) == sorted(cfg.dataset.categories)
         assert cfg.synthesis.textures == "dtd" and cfg.synthesis.texture_dir is None
@@ -127,3 +129,24 @@ def test_sweep_and_reader_share_the_yaml_category_list(dataset):
     cfg = _compose([f"dataset={dataset}", "sweep=all_categories"])
     swept = cfg.hydra.sweeper.params["dataset.category"].split(",")
     assert swept == list(cfg.dataset.categories) == list(cfg.dataset.source.categories)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["anomaly_map.fusion=on"], "pass off, auto or a weight in"),
+        (["anomaly_map.fusion=1.5"], "pass off, auto or a weight in"),
+        (["anomaly_map.fusion=auto", "raa=off"], "anomaly_map.fusion=off for the RD baseline"),
+        (["anomaly_map.fusion=0.5", "datamodule.validate_on_test=true"], "fusion=off with it"),
+        (["anomaly_map.fusion_draws=0"], "anomaly_map.fusion_draws=0 is not valid"),
+    ],
+)
+def test_fusion_settings_are_checked_before_any_model(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(_compose(["stage=distill", *overrides]))
+
+
+def test_fusion_settings_that_work():
+    for setting in ("off", "auto", "0.3"):
+        check_config(_compose(["stage=distill", f"anomaly_map.fusion={setting}"]))
+    check_config(_compose(["stage=distill", "raa=off"]))  # the default (off) suits the RD baseline

@@ -10,9 +10,10 @@ from aand_lightning.checkpoint import load_model
 from aand_lightning.export import export, max_difference, run_exported
 
 
+@pytest.mark.parametrize("checkpoint", ["stage2_checkpoint", "fused_checkpoint"])
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_matches_pytorch_with_dynamic_batch(stage2_checkpoint, tmp_path, fmt):
-    model, _ = load_model(stage2_checkpoint)
+def test_export_matches_pytorch_with_dynamic_batch(checkpoint, request, tmp_path, fmt):
+    model, _ = load_model(request.getfixturevalue(checkpoint))
     path = export(model, (64, 64), fmt, tmp_path / f"model.{fmt}")
     assert max_difference(model, path, fmt, (64, 64), batch_sizes=(1, 3)) < 1e-4
     maps, scores = run_exported(path, fmt, torch.randn(5, 3, 64, 64))
@@ -35,3 +36,16 @@ def test_export_cli_writes_sidecar(stage2_checkpoint, tmp_path):
     assert "Max |exported − PyTorch|" in result.stdout
     sidecar = json.loads(output.with_name("model.onnx.json").read_text())
     assert sidecar["image_size"] == [64, 64] and len(sidecar["mean"]) == 3 and sidecar["threshold"] > 0
+
+
+def test_fused_checkpoint_exports_the_fused_map(fused_checkpoint, tmp_path):
+    model, config = load_model(fused_checkpoint)
+    assert config["anomaly_map"]["fusion"] == 0.5 and model.map_name == "fused"
+    assert model.fusion.calibrated and torch.isfinite(model.threshold)
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        out = model(images, all_maps=True)
+    assert not torch.allclose(out.maps_by_name["fused"], out.maps_by_name["aand"])
+    maps, scores = run_exported(export(model, (64, 64), "onnx", tmp_path / "fused.onnx"), "onnx", images)
+    np.testing.assert_allclose(maps, out.maps_by_name["fused"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(scores, out.scores.numpy(), atol=1e-4)

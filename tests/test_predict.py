@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
 from aand_lightning.checkpoint import load_model
 from aand_lightning.predict import PredictError, choose_threshold, find_images, predict_images, run
@@ -76,3 +77,16 @@ def test_bad_inputs_name_the_fix(stage2_checkpoint, tmp_path):
     model.threshold.fill_(float("nan"))  # a checkpoint trained without validation images
     with pytest.raises(PredictError, match="threshold=<number>"):
         choose_threshold(model, config, _cfg(stage2_checkpoint, tmp_path, "x"))
+
+
+def test_fused_checkpoint_predicts_with_its_stored_threshold(fused_checkpoint, tmp_path):
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(tmp_path / f"{index}.png")
+    model, _ = load_model(fused_checkpoint)
+    assert model.map_name == "fused"
+    rows = list(csv.DictReader(run(_cfg(fused_checkpoint, tmp_path, tmp_path / "out")).open()))
+    assert len(rows) == 3
+    for row in rows:  # the threshold chosen on the fused map's normal validation scores
+        assert float(row["threshold"]) == pytest.approx(float(model.threshold), rel=1e-5)
+        assert int(row["is_anomalous"]) == (float(row["score"]) > float(row["threshold"]))

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aand_lightning.errors import UserError
+from aand_lightning.models.fusion import parse_fusion
 from aand_lightning.models.teacher import TEACHER_STRIDES
 from aand_lightning.stages.feature_cache import DTYPES
 
@@ -82,8 +83,27 @@ def _feature_cache(cfg: DictConfig) -> None:
         )
 
 
+def _fusion(cfg: DictConfig) -> None:
+    """The fused map needs RAA gates and normal validation images for its statistics."""
+    setting = _value(cfg, "anomaly_map.fusion")
+    try:
+        enabled, _ = parse_fusion(setting)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if enabled and not cfg.raa.enabled:
+        raise ConfigError(
+            f"anomaly_map.fusion={setting} fuses the RAA gate map, which raa=off does not have; "
+            "pass anomaly_map.fusion=off for the RD baseline."
+        )
+    if enabled and cfg.datamodule.validate_on_test:
+        raise ConfigError(
+            f"anomaly_map.fusion={setting} takes its statistics from normal validation images, which "
+            "protocol=authors replaces by the test set; pass anomaly_map.fusion=off with it."
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Sizes, batch sizes, epochs, fractions and the resume setting of a training config."""
+    """Sizes, batch sizes, epochs, fractions, the map fusion and the resume setting of a training config."""
     _image_size(cfg)
     _integer(cfg, "datamodule.batch_size", 1)
     _integer(cfg, "datamodule.eval_batch_size", 1, optional=True)
@@ -99,6 +119,8 @@ def check_config(cfg: DictConfig) -> None:
     _fraction(cfg, "synthesis.clean_probability", 0.0, 1.0, closed_low=True, closed_high=True)
     _fraction(cfg, "synthesis.beta_max", 0.0, 1.0, closed_low=True, closed_high=True)
     _feature_cache(cfg)
+    _fusion(cfg)
+    _integer(cfg, "anomaly_map.fusion_draws", 1)
     stages = list(cfg.stage.run)
     if "amplify" in stages and not cfg.raa.enabled:
         raise ConfigError(

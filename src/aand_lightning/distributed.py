@@ -7,7 +7,8 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 
 def gather_uneven(values: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-D tensor from every rank (itself when not distributed); sizes may differ."""
+    """Concatenate a tensor from every rank along its first dimension (itself when not distributed); the
+    first dimension may differ between ranks."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return values
     return torch.cat(gather_all_tensors(values))

@@ -23,27 +23,29 @@ COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "per_image_pro")
 HEADERS = ("image AUROC", "pixel AUROC", "AUPRO@0.3", "per-image PRO")
 
 
+def map_rows(record: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """(map label, metrics) per map of a record: the configured map first, marked "(output)" when the
+    record reports several maps of the same forward pass (`metrics_by_map`), then the others."""
+    configured = record.get("map", "")
+    by_map = record.get("metrics_by_map") or {}
+    if len(by_map) < 2:
+        return [(configured, record["metrics"])]
+    others = [(name, metrics) for name, metrics in by_map.items() if name != configured]
+    return [(f"{configured} (output)", record["metrics"]), *others]
+
+
 def _rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
-    records = list(records)
-    rows = []
+    """One row per record and map, then per stage and map the mean over the records that report it."""
+    rows, groups = [], {}
     for r in records:
-        values = [r["metrics"].get(c, math.nan) for c in COLUMNS]
-        rows.append(
-            [r["dataset"], r["category"], r["stage"], r.get("map", ""), *(f"{100 * v:.1f}" for v in values)]
-        )
-    for stage in sorted({r["stage"] for r in records}):
-        group = [r for r in records if r["stage"] == stage]
+        for label, metrics in map_rows(r):
+            values = [metrics.get(c, math.nan) for c in COLUMNS]
+            rows.append([r["dataset"], r["category"], r["stage"], label, *(f"{100 * v:.1f}" for v in values)])
+            groups.setdefault((r["stage"], label), (r["dataset"], []))[1].append(values)
+    for (stage, label), (dataset, group) in sorted(groups.items(), key=lambda item: item[0][0]):
         if len(group) > 1:
-            means = [sum(r["metrics"].get(c, math.nan) for r in group) / len(group) for c in COLUMNS]
-            rows.append(
-                [
-                    group[0]["dataset"],
-                    "mean",
-                    stage,
-                    group[0].get("map", ""),
-                    *(f"{100 * m:.1f}" for m in means),
-                ]
-            )
+            means = [sum(column) / len(group) for column in zip(*group, strict=True)]
+            rows.append([dataset, "mean", stage, label, *(f"{100 * m:.1f}" for m in means)])
     return rows
 
 

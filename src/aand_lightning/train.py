@@ -32,7 +32,7 @@ from aand_lightning.cli import FAILED, exit_with, full_error, mark_failed, reaso
 from aand_lightning.config import config_dir
 from aand_lightning.data.datamodule import AnomalyDataModule
 from aand_lightning.errors import UserError
-from aand_lightning.models.build import build_aand, build_amplified_teacher
+from aand_lightning.models.build import build_aand, build_amplified_teacher, build_anomaly_map
 from aand_lightning.stages import AnomalyAmplification, NormalityDistillation
 from aand_lightning.stages.base import AnomalyStage
 from aand_lightning.summary import format_table
@@ -172,6 +172,8 @@ def _run_stage(
         "textures": textures,
         "protocol": _protocol_label(cfg),
         "metrics": module.test_results,
+        "metrics_by_map": module.test_results_by_map,
+        "map_details": module.map_details(),
         "notes": METRIC_NOTES,
         "performance": {
             "fit_seconds": fit_seconds,
@@ -201,6 +203,7 @@ def run_amplify(
         instantiate(cfg.amplify.scheduler),
         fpr_limit=cfg.evaluation.fpr_limit,
         seed=cfg.seed,
+        anomaly_map=build_anomaly_map(cfg.anomaly_map),
         **cfg.performance,
     )
     # read here, in the main process: a DTD source fetches its images now (progress bar, one-line error)

@@ -134,6 +134,15 @@ class AnomalyDataModule(L.LightningDataModule):
             pin_memory=False,
         )
 
+    def synthetic_draws(self, samples: Sequence[Sample], draws: int) -> DataLoader:
+        """`draws` synthetic anomalies on each of `samples` (synthesis epochs 0..draws-1), the same on
+        every rank and in every run: checks on held-out normal images (the fused map's gate weight)."""
+        dataset = self.dataset(samples, "synthetic")
+        keys = [(draw, index) for draw in range(draws) for index in range(len(dataset))]
+        return DataLoader(
+            dataset, batch_size=self.eval_batch_size, sampler=keys, num_workers=self.num_workers
+        )
+
     def train_dataloader(self) -> DataLoader:
         assert self.splits is not None
         mode: Mode = "synthetic" if self._wants_synthetic() else "normal"

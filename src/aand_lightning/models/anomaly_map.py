@@ -1,4 +1,5 @@
-"""Teacher–student discrepancy → pixel anomaly map (summed levels, Gaussian σ=4) and image score."""
+"""Pixel anomaly maps and image scores: the teacher–student discrepancy (the paper's map: summed levels,
+Gaussian σ=4) and the RAA gate map (stage 1's own detector), both smoothed the same way."""
 
 from __future__ import annotations
 
@@ -40,8 +41,17 @@ def gaussian_blur(maps: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return F.conv2d(_symmetric_pad(maps, radius, 2), k.view(1, 1, -1, 1))
 
 
+def image_scores(maps: torch.Tensor) -> torch.Tensor:
+    """Image score = maximum of the (smoothed) map: (B,1,H,W) → (B,)."""
+    return maps.flatten(1).amax(dim=1)
+
+
 class AnomalyMapGenerator(nn.Module):
-    """Sum of per-level cosine distances, upsampled to the image and smoothed; score = max of the map."""
+    """Sum of per-level cosine distances, upsampled to the image and smoothed; score = max of the map.
+
+    `gate_map` turns the RAA gates into a map of the same kind, so stage 1's test and stage 2's fused map
+    use one definition of it.
+    """
 
     def __init__(self, sigma: float = 4.0, truncate: float = 4.0) -> None:
         super().__init__()
@@ -62,6 +72,19 @@ class AnomalyMapGenerator(nn.Module):
         )
         return self.smooth_and_score(maps)
 
+    def gate_map(
+        self, gates: list[torch.Tensor], image_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1's detector: `mean_gate`, smoothed; (maps, scores)."""
+        return self.smooth_and_score(mean_gate(gates, image_size))
+
     def smooth_and_score(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = gaussian_blur(maps, self.kernel)
-        return maps, maps.flatten(1).amax(dim=1)
+        return maps, image_scores(maps)
+
+
+def mean_gate(gates: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+    """The mean of the bilinear-upsampled level gates: (B, 1, H, W) in (0, 1), unsmoothed."""
+    return sum(
+        F.interpolate(g.float(), size=image_size, mode="bilinear", align_corners=True) for g in gates
+    ) / len(gates)

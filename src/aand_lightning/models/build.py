@@ -8,6 +8,7 @@ from typing import Any
 from aand_lightning.models.aand import AAND
 from aand_lightning.models.amplified_teacher import AmplifiedTeacher
 from aand_lightning.models.anomaly_map import AnomalyMapGenerator
+from aand_lightning.models.fusion import OFF, MapFusion
 from aand_lightning.models.student import Student
 from aand_lightning.models.teacher import Teacher
 
@@ -45,4 +46,10 @@ def build_aand(
         width_per_group=student_cfg.get("width_per_group", 64),
         fusion_width_per_group=student_cfg.get("fusion_width_per_group"),
     )
-    return AAND(teacher, student, AnomalyMapGenerator(**anomaly_map))
+    fusion = MapFusion(anomaly_map.get("fusion", OFF), anomaly_map.get("fusion_draws", 8))
+    return AAND(teacher, student, build_anomaly_map(anomaly_map), fusion)
+
+
+def build_anomaly_map(anomaly_map: Mapping[str, Any]) -> AnomalyMapGenerator:
+    """The smoothing of `anomaly_map` (σ, truncate); the `fusion*` keys belong to the model (`build_aand`)."""
+    return AnomalyMapGenerator(**{k: v for k, v in anomaly_map.items() if not k.startswith("fusion")})

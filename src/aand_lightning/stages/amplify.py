@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import BinaryPrecision
 
 from aand_lightning.models.amplified_teacher import AmplifiedTeacher
-from aand_lightning.models.anomaly_map import AnomalyMapGenerator
+from aand_lightning.models.anomaly_map import AnomalyMapGenerator, mean_gate
 from aand_lightning.models.losses import AmplificationLoss
 from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
 
@@ -82,20 +81,12 @@ class AnomalyAmplification(AnomalyStage):
             {f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=len(batch["image"])
         )
 
-    def mean_gate(self, images: torch.Tensor) -> torch.Tensor:
-        """The level gates upsampled to the image and averaged: (B, 1, H, W) in (0, 1)."""
-        gates = self.teacher(images).gates
-        size = tuple(images.shape[-2:])
-        return sum(F.interpolate(g, size=size, mode="bilinear", align_corners=True) for g in gates) / len(
-            gates
-        )
-
     def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.anomaly_map.smooth_and_score(self.mean_gate(images))
+        return self.anomaly_map.gate_map(self.teacher(images).gates, tuple(images.shape[-2:]))
 
     def validate_on_test_batch(self, batch: dict) -> None:
         """Also the precision of `mean gate > 0.5` against the mask, over every test pixel."""
-        gate = self.mean_gate(batch["image"])
+        gate = mean_gate(self.teacher(batch["image"]).gates, tuple(batch["image"].shape[-2:]))
         self.gate_precision.update(gate.flatten(), (batch["mask"] > 0.5).flatten().long())
         maps, scores = self.anomaly_map.smooth_and_score(gate)
         self.val_metrics.update(scores, batch["label"], maps[:, 0], batch["mask"][:, 0] > 0.5)

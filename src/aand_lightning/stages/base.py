@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics
+from aand_lightning.models.anomaly_map import image_scores
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -40,9 +42,11 @@ def set_rng_states(states: dict) -> None:
 
 
 class AnomalyStage(L.LightningModule):
-    """A stage turns a batch into (maps, scores); this base evaluates them with raw-score metrics.
+    """A stage turns a batch into maps (one per name it can report); this base evaluates them with
+    raw-score metrics.
 
-    `test_results` holds the computed metrics after `trainer.test` (identical on every rank: the
+    `test_results` holds the computed metrics of the configured map (`map_name`) after `trainer.test`,
+    `test_results_by_map` those of every map of the same forward pass (identical on every rank: the
     metric states are gathered across processes before computing).
     """
 
@@ -62,9 +66,11 @@ class AnomalyStage(L.LightningModule):
         self.compile_modules = compile
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.test_metrics = AnomalyMetrics(fpr_limit=fpr_limit)
+        self.fpr_limit = fpr_limit
+        self.test_metrics = nn.ModuleDict()  # one AnomalyMetrics per reported map, made per test pass
         self.val_metrics = AnomalyMetrics(fpr_limit=fpr_limit)  # only fed when validating on the test set
         self.test_results: dict[str, float] = {}
+        self.test_results_by_map: dict[str, dict[str, float]] = {}
         self.inference_seconds = 0.0
         self.inference_images = 0
 
@@ -98,7 +104,20 @@ class AnomalyStage(L.LightningModule):
         return batch
 
     def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maps, scores) of the configured map."""
         raise NotImplementedError
+
+    def map_names(self) -> list[str]:
+        """The maps this stage reports (the keys of `maps_by_name`), `map_name` among them."""
+        return [self.map_name]
+
+    def maps_by_name(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every map of `map_names`, from one forward pass."""
+        return {self.map_name: self.anomaly_maps(images)[0]}
+
+    def map_details(self) -> dict[str, Any]:
+        """What a reader of the metrics needs to know about how the maps were made (none by default)."""
+        return {}
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(
@@ -126,23 +145,42 @@ class AnomalyStage(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.inference_seconds, self.inference_images = 0.0, 0
+        self.test_metrics = nn.ModuleDict(
+            {name: AnomalyMetrics(fpr_limit=self.fpr_limit) for name in self.map_names()}
+        ).to(self.device)
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
-        """Evaluate a batch; the time of image → map + score (not of metrics or pictures) is summed."""
+        """Evaluate a batch on every map; the time of image → maps + scores (not of metrics or pictures)
+        is summed. The configured map is what the callbacks (overlays, score plots) get."""
         self._sync()
         start = time.perf_counter()
-        maps, scores = self.anomaly_maps(batch["image"])
+        by_name = self.maps_by_name(batch["image"])
+        scores = {name: image_scores(maps) for name, maps in by_name.items()}
         self._sync()
         self.inference_seconds += time.perf_counter() - start
-        self.inference_images += len(scores)
-        self.test_metrics.update(scores, batch["label"], maps[:, 0], batch["mask"][:, 0] > 0.5)
-        return {"maps": maps, "scores": scores}
+        self.inference_images += len(batch["image"])
+        masks = batch["mask"][:, 0] > 0.5
+        for name, maps in by_name.items():
+            self.test_metrics[name].update(scores[name], batch["label"], maps[:, 0], masks)
+        return {"maps": by_name[self.map_name], "scores": scores[self.map_name]}
 
     def on_test_epoch_end(self) -> None:
-        results = {k: float(v) for k, v in self.test_metrics.compute().items()}
-        self.test_metrics.reset()
-        self.test_results = results
-        self.log_dict({f"test/{k}": v for k, v in results.items()}, sync_dist=False, rank_zero_only=True)
+        self.test_results_by_map = {
+            name: {k: float(v) for k, v in metrics.compute().items()}
+            for name, metrics in self.test_metrics.items()
+        }
+        self.test_metrics = nn.ModuleDict()
+        self.test_results = self.test_results_by_map[self.map_name]
+        self.log_dict(
+            {f"test/{k}": v for k, v in self.test_results.items()}, sync_dist=False, rank_zero_only=True
+        )
+        others = {
+            f"test_{name}/{k}": v
+            for name, results in self.test_results_by_map.items()
+            if name != self.map_name
+            for k, v in results.items()
+        }
+        self.log_dict(others, sync_dist=False, rank_zero_only=True)
 
     def on_validation_epoch_end(self) -> None:
         if self._validate_on_test():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -12,6 +12,7 @@ from torch import nn
 from aand_lightning.distributed import gather_uneven
 from aand_lightning.models.aand import AAND
 from aand_lightning.models.amplified_teacher import TeacherOutput
+from aand_lightning.models.anomaly_map import image_scores
 from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
 from aand_lightning.stages.feature_cache import FeatureCacheSettings, TeacherFeatureCache
 
@@ -19,16 +20,15 @@ from aand_lightning.stages.feature_cache import FeatureCacheSettings, TeacherFea
 class NormalityDistillation(AnomalyStage):
     """Trains bottleneck + decoder with a distillation loss against the amplified teacher features.
 
-    After each validation epoch on held-out normal images, the decision threshold stored in the model
-    is set to the `threshold_quantile` of their image scores, so a checkpoint can predict on its own.
-    Without such images (a tiny train split, `val_fraction=0`, or validation on the test set) the last
-    epoch takes the quantile of the training images' scores instead, with a warning: never NaN.
-    `model_config` is the plain description needed to rebuild the model (saved in the checkpoint).
+    After each validation epoch on held-out normal images, their maps calibrate the model: the fused
+    map's normal statistics and weight, then the decision threshold, the `threshold_quantile` of their
+    image scores on the configured map, so a checkpoint can predict on its own. Without such images (a
+    tiny train split, `val_fraction=0`, or validation on the test set) the last epoch calibrates on the
+    training images instead, with a warning: never NaN. Nothing else ever reaches the calibration: the
+    test pass only reads it. `model_config` is the plain description needed to rebuild the model.
     `feature_cache` (`distill.feature_cache`: enabled, dtype, max_gb) keeps the frozen teacher's output
     for each train and validation image after its first use (see stages/feature_cache.py).
     """
-
-    map_name = "aand"
 
     def __init__(
         self,
@@ -50,9 +50,24 @@ class NormalityDistillation(AnomalyStage):
         self.model = model
         self.loss = loss
         self.threshold_quantile = threshold_quantile
-        self._val_scores: list[torch.Tensor] = []
+        self._val_maps: list[dict[str, torch.Tensor]] = []
+        self._anomalous_gate_values: dict[str, torch.Tensor] = {}
         self.feature_cache_settings = FeatureCacheSettings(**(feature_cache or {}))
         self.feature_cache: TeacherFeatureCache | None = None
+
+    @property
+    def map_name(self) -> str:
+        return self.model.map_name
+
+    def map_names(self) -> list[str]:
+        return self.model.map_names()
+
+    def maps_by_name(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(images, all_maps=True).maps_by_name
+
+    def map_details(self) -> dict[str, Any]:
+        """The fusion setting, its weight and normal statistics (when the model has RAA gates)."""
+        return self.model.fusion.describe() if self.model.teacher.enabled else {}
 
     def trainable(self) -> nn.Module:
         return self.model.student
@@ -92,20 +107,44 @@ class NormalityDistillation(AnomalyStage):
         if self._validate_on_test():
             self.validate_on_test_batch(batch)
             return
-        out = self.model(batch["image"], teacher=self._teacher(batch, self.trainer.val_dataloaders))
+        teacher = self._teacher(batch, self.trainer.val_dataloaders)
+        out = self.model(batch["image"], all_maps=True, teacher=teacher)
         loss = self.loss(out.teacher.amplified, out.student)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["image"]))
-        self._val_scores.append(out.scores.detach())
+        self._val_maps.append(_components(out.maps_by_name))
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
-        if self._val_scores:
-            self._store_threshold(torch.cat(self._val_scores))
-            self._val_scores.clear()
+        if self._val_maps:
+            self._calibrate(self._val_maps, "val")
+            self._val_maps.clear()
 
-    def _store_threshold(self, scores: torch.Tensor) -> None:
-        scores = gather_uneven(scores).float()
+    def _calibrate(self, batches: list[dict[str, torch.Tensor]], split: Literal["val", "train"]) -> None:
+        """From normal images' maps (all ranks): the fused map's statistics and weight, then the threshold
+        on the configured map's image scores. `split` says which normal images they are."""
+        maps = {name: gather_uneven(torch.cat([b[name] for b in batches])) for name in batches[0]}
+        fusion = self.model.fusion
+        if "gate" in maps:
+            anomalous = None if fusion.fixed_weight is not None else self._anomalous_gate(split)
+            if anomalous is not None or fusion.fixed_weight is not None or fusion.enabled:
+                fusion.calibrate(maps["aand"], maps["gate"], anomalous)
+                maps["fused"] = fusion(maps["aand"], maps["gate"])
+        scores = image_scores(maps[self.map_name]).float()
         self.model.threshold.fill_(torch.quantile(scores, self.threshold_quantile).item())
+
+    def _anomalous_gate(self, split: Literal["val", "train"]) -> torch.Tensor | None:
+        """Gate-map values inside `fusion.draws` synthetic anomalies on each image of the split (the
+        validation images are held out from stage 1's training), for the weight of `fusion=auto`.
+        Measured once per fit and split: the teacher, so the gate, does not change in stage 2. None
+        without an AnomalyDataModule that can synthesise (then only a fixed weight can be used)."""
+        if split not in self._anomalous_gate_values:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if getattr(datamodule, "synthesizer", None) is None:
+                return None
+            samples = datamodule.val_samples if split == "val" else datamodule.splits.train
+            loader = datamodule.synthetic_draws(samples, self.model.fusion.draws)
+            self._anomalous_gate_values[split] = anomalous_gate_values(self.model, loader, self.device)
+        return self._anomalous_gate_values[split]
 
     def on_train_epoch_end(self) -> None:
         """Last epoch without a threshold from normal validation images: fall back to the train images."""
@@ -118,13 +157,17 @@ class NormalityDistillation(AnomalyStage):
         )
         self.model.eval()  # the student's BatchNorm must not update on these images
         with torch.no_grad():
-            scores = [self.model(batch["image"].to(self.device)).scores for batch in loader]
+            maps = [
+                _components(self.model(batch["image"].to(self.device), all_maps=True).maps_by_name)
+                for batch in loader
+            ]
         self.model.train()
-        self._store_threshold(torch.cat(scores))
+        self._calibrate(maps, "train")
         rank_zero_warn(
             f"No normal validation images: the stored decision threshold is the {self.threshold_quantile} "
-            "quantile of the training images' scores, which the student has fitted (expect more false "
-            "alarms); hold out images with datamodule.val_fraction > 0 for a better one."
+            "quantile of the training images' scores, and the fused map's statistics come from them too, "
+            "which the student has fitted (expect more false alarms); hold out images with "
+            "datamodule.val_fraction > 0 for better ones."
         )
 
     def selection_score(self, results: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -134,3 +177,19 @@ class NormalityDistillation(AnomalyStage):
     def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images)
         return out.maps, out.scores
+
+
+def _components(maps_by_name: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The maps the calibration is measured on (the fused map is derived from them)."""
+    return {name: maps.detach() for name, maps in maps_by_name.items() if name in ("aand", "gate")}
+
+
+@torch.no_grad()
+def anomalous_gate_values(model: AAND, loader: Iterable[dict], device: torch.device) -> torch.Tensor:
+    """Gate-map values inside the masks of synthetic anomalies (the teacher alone runs), on the CPU."""
+    values = []
+    for batch in loader:
+        images, masks = batch["image"].to(device), batch["mask"].to(device) > 0.5
+        gate, _ = model.anomaly_map.gate_map(model.teacher(images).gates, tuple(images.shape[-2:]))
+        values.append(gate[masks].cpu())
+    return torch.cat(values)

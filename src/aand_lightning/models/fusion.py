@@ -1,0 +1,106 @@
+"""The fused anomaly map: the RAA gate map joined to the teacher–student map, on normal-image statistics.
+
+Stage 2's forward already runs the amplified teacher, so the gate map (stage 1's own detector) costs
+one more smoothing. Each map is measured on held-out normal images (mean and spread of its pixels);
+the gate map is moved onto the AAND map's normal mean and spread and the two are mixed with weight w:
+
+    F = (1 − w)·A + w·(μ_A + σ_A·(G − μ_G)/σ_G)
+
+w = 0 is the paper's map A bit for bit, w = 1 the normalised gate map, and F stays in A's units (so
+overlays and thresholds read the same way, and scores stay small for torchmetrics).
+
+The weight of `fusion=auto` is the gate's responsiveness, capped at ½ (`gate_weight`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+OFF = "off"
+AUTO = "auto"
+
+
+def gate_weight(normal_gate: torch.Tensor, anomalous_gate: torch.Tensor) -> float:
+    """w = min(½, r), r = (ḡ_anomalous − ḡ_normal) / (1 − ḡ_normal): how far the gate map moves from its
+    level on normal pixels towards 1, its training target, on synthetic anomalies of held-out images.
+
+    Measured in the gate's own units (a probability), so a gate that hardly moves gets no weight however
+    much the σ-normalisation would magnify it. Synthetic anomalies are the gate's home ground (it was
+    trained on such), so a good result there cannot earn it more than the paper's map: w ≤ ½. No
+    anomalous pixel (an empty tensor) is no evidence: w = 0.
+    """
+    if anomalous_gate.numel() == 0:
+        return 0.0
+    normal_mean = normal_gate.double().mean()
+    responsiveness = (anomalous_gate.double().mean() - normal_mean) / (1 - normal_mean).clamp_min(1e-12)
+    return float(responsiveness.clamp(0.0, 0.5))
+
+
+def parse_fusion(setting: str | float | bool | None) -> tuple[bool, float | None]:
+    """`anomaly_map.fusion` → (fused map is the output, fixed weight or None for the rule).
+
+    `off` (YAML reads a bare off as False) keeps the paper's map; `auto` chooses w on normal images;
+    a number in [0, 1] is w itself.
+    """
+    if setting is False or setting == OFF:
+        return False, None
+    if setting == AUTO:
+        return True, None
+    if isinstance(setting, (int, float)) and not isinstance(setting, bool) and 0.0 <= setting <= 1.0:
+        return True, float(setting)
+    raise ValueError(f"anomaly_map.fusion={setting!r} is not valid; pass off, auto or a weight in [0, 1].")
+
+
+class MapFusion(nn.Module):
+    """Buffers `weight` (w) and `stats` (μ_A, σ_A, μ_G, σ_G), NaN until `calibrate` has seen normal maps.
+
+    `enabled` says whether the fused map is the model's output; the buffers are calibrated either way,
+    so a run can report the fused map beside the paper's. `draws` is how many synthetic anomalies per
+    held-out image the stage draws for `gate_weight` (`fusion=auto`, or `off`: the reported map).
+    """
+
+    def __init__(self, fusion: str | float | bool | None = OFF, draws: int = 8) -> None:
+        super().__init__()
+        self.enabled, self.fixed_weight = parse_fusion(fusion)
+        self.draws = draws
+        self.register_buffer("weight", torch.tensor(math.nan))
+        self.register_buffer("stats", torch.full((4,), math.nan))
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(torch.isfinite(self.stats).all() and torch.isfinite(self.weight))
+
+    def describe(self) -> dict[str, object]:
+        """The setting, the weight in use and the normal statistics, as plain values (for metrics.json)."""
+        setting = OFF if not self.enabled else (AUTO if self.fixed_weight is None else self.fixed_weight)
+        mean_a, std_a, mean_g, std_g = self.stats.tolist()
+        return {
+            "fusion": setting,
+            "weight": float(self.weight),
+            "normal_stats": {"aand_mean": mean_a, "aand_std": std_a, "gate_mean": mean_g, "gate_std": std_g},
+        }
+
+    @torch.no_grad()
+    def calibrate(
+        self, aand: torch.Tensor, gate: torch.Tensor, anomalous_gate: torch.Tensor | None = None
+    ) -> None:
+        """Statistics from smoothed maps of normal images only; the weight is the fixed one, or
+        `gate_weight` of the gate-map values inside synthetic anomalies (`anomalous_gate`)."""
+        if self.fixed_weight is None and anomalous_gate is None:
+            raise ValueError(
+                "fusion=auto weighs the gate by its response to synthetic anomalies of held-out images; "
+                "pass their gate-map values, or a fixed weight (anomaly_map.fusion=0.5)."
+            )
+        aand, gate = aand.double(), gate.double()
+        self.stats.copy_(torch.stack([aand.mean(), aand.std(), gate.mean(), gate.std()]))
+        weight = self.fixed_weight if self.fixed_weight is not None else gate_weight(gate, anomalous_gate)
+        self.weight.fill_(weight)
+
+    def forward(self, aand: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        stats, weight = self.stats.to(aand.dtype), self.weight.to(aand.dtype)
+        mean_a, std_a, mean_g, std_g = stats[0], stats[1], stats[2], stats[3]
+        gate_in_aand_units = mean_a + std_a * (gate - mean_g) / std_g.clamp_min(1e-12)
+        return (1 - weight) * aand + weight * gate_in_aand_units
