@@ -152,7 +152,7 @@ def stage1(device: torch.device, source: DemoDataset, count: int, batch: int, re
     images, mask = first["image"].to(device), first["mask"].to(device)
     foreground = first["foreground"].to(device)
     parts = {
-        "backbone": lambda: torch.no_grad()(teacher.teacher)(images),
+        "backbone": lambda: torch.no_grad()(teacher.encoder)(images),
         "validation": lambda: torch.no_grad()(teacher)(images),
         "step": lambda: step(images, mask, foreground),
     }

@@ -154,7 +154,7 @@ class Stage1Step:
         self, images: torch.Tensor, mask: torch.Tensor, foreground: torch.Tensor | None = None
     ) -> None:
         with torch.no_grad():
-            features = self.teacher.teacher(images)
+            features = self.teacher.encoder(images)
         out = self.teacher.amplify(features, self.loss.level_targets(mask, features))
         loss = self.loss(out.features, out.amplified, out.gates, mask, foreground)["loss"]
         self.optimizer.zero_grad(set_to_none=True)

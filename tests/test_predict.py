@@ -34,24 +34,28 @@ def test_predict_folder_writes_overlays_masks_and_scores(stage2_checkpoint, demo
 
 
 def test_threshold_modes(stage2_checkpoint, demo_root):
-    model, config = load_model(stage2_checkpoint)
+    model, model_config = load_model(stage2_checkpoint)
     test_dir = demo_root / "brick" / "test"
-    assert choose_threshold(model, config, _cfg(stage2_checkpoint, test_dir, "x", threshold=0.25)) == 0.25
+    assert (
+        choose_threshold(model, model_config, _cfg(stage2_checkpoint, test_dir, "x", threshold=0.25)) == 0.25
+    )
     good = sorted((test_dir / "good").glob("*.png"))
-    good_scores = np.array([s for *_, s in predict_images(model, config, good, progress=False)])
+    good_scores = np.array([s for *_, s in predict_images(model, model_config, good, progress=False)])
     percentile = choose_threshold(
         model,
-        config,
+        model_config,
         _cfg(
             stage2_checkpoint, test_dir, "x", threshold="percentile", threshold_images=str(test_dir / "good")
         ),
     )
     assert percentile == pytest.approx(np.percentile(good_scores, 99))
     paths = find_images(test_dir)
-    scores = np.array([s for *_, s in predict_images(model, config, paths, progress=False)])
+    scores = np.array([s for *_, s in predict_images(model, model_config, paths, progress=False)])
     labels = np.array([p.parent.name != "good" for p in paths])
     f1_threshold = choose_threshold(
-        model, config, _cfg(stage2_checkpoint, test_dir, "x", threshold="f1", threshold_images=str(test_dir))
+        model,
+        model_config,
+        _cfg(stage2_checkpoint, test_dir, "x", threshold="f1", threshold_images=str(test_dir)),
     )
 
     def f1(t: float) -> float:
@@ -69,14 +73,14 @@ def test_bad_inputs_name_the_fix(stage2_checkpoint, tmp_path):
         find_images(tmp_path / "missing")
     with pytest.raises(PredictError, match="no images"):
         find_images(tmp_path)
-    model, config = load_model(stage2_checkpoint)
+    model, model_config = load_model(stage2_checkpoint)
     with pytest.raises(PredictError, match="threshold_images="):
-        choose_threshold(model, config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="percentile"))
+        choose_threshold(model, model_config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="percentile"))
     with pytest.raises(PredictError, match="Unknown threshold"):
-        choose_threshold(model, config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="median"))
+        choose_threshold(model, model_config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="median"))
     model.threshold.fill_(float("nan"))  # a checkpoint trained without validation images
     with pytest.raises(PredictError, match="threshold=<number>"):
-        choose_threshold(model, config, _cfg(stage2_checkpoint, tmp_path, "x"))
+        choose_threshold(model, model_config, _cfg(stage2_checkpoint, tmp_path, "x"))
 
 
 def test_fused_checkpoint_predicts_with_its_stored_threshold(fused_checkpoint, tmp_path):

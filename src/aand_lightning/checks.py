@@ -14,13 +14,13 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aand_lightning.errors import UserError
+from aand_lightning.models.encoder import ENCODER_STRIDES
 from aand_lightning.models.fusion import parse_fusion
-from aand_lightning.models.teacher import TEACHER_STRIDES
 from aand_lightning.stages.feature_cache import DTYPES
 
 # The student's bottleneck halves the deepest (stride-16) level once more, and its decoder doubles
 # back up: sizes must divide by this for the levels to line up.
-SIZE_MULTIPLE = 2 * max(TEACHER_STRIDES)
+SIZE_MULTIPLE = 2 * max(ENCODER_STRIDES)
 _WANDB_NO_LOGIN = ("offline", "dryrun", "disabled")
 
 

@@ -55,14 +55,14 @@ def _batches(paths: Sequence[Path], size: int) -> Iterator[list[Path]]:
 
 def predict_images(
     model: AAND,
-    config: dict,
+    model_config: dict,
     paths: Sequence[Path],
     batch_size: int = 8,
     device: str = "cpu",
     progress: bool = True,
 ) -> Iterator[tuple[Path, np.ndarray, np.ndarray, float]]:
     """Yield (path, resized uint8 image, map HxW, score) per readable image; unreadable ones are skipped."""
-    transform = resize(as_size(config["image_size"]), config.get("interpolation", "pil_bicubic"))
+    transform = resize(as_size(model_config["image_size"]), model_config.get("interpolation", "pil_bicubic"))
     model = model.to(device)
     with tqdm(total=len(paths), disable=not progress, desc="predict", unit="img") as bar:
         for batch in _batches(paths, batch_size):
@@ -77,7 +77,10 @@ def predict_images(
             if not kept:
                 continue
             tensor = torch.stack(
-                [normalize(i.astype(np.float32) / 255.0, config["mean"], config["std"]) for i in images]
+                [
+                    normalize(i.astype(np.float32) / 255.0, model_config["mean"], model_config["std"])
+                    for i in images
+                ]
             )
             with torch.no_grad():
                 out = model(tensor.to(device))
@@ -87,11 +90,15 @@ def predict_images(
                 yield path, image, amap, score
 
 
-def _scores(model: AAND, config: dict, paths: Sequence[Path], batch_size: int, device: str) -> np.ndarray:
-    return np.array([s for *_, s in predict_images(model, config, paths, batch_size, device, progress=False)])
+def _scores(
+    model: AAND, model_config: dict, paths: Sequence[Path], batch_size: int, device: str
+) -> np.ndarray:
+    return np.array(
+        [s for *_, s in predict_images(model, model_config, paths, batch_size, device, progress=False)]
+    )
 
 
-def choose_threshold(model: AAND, config: dict, cfg: DictConfig) -> float:
+def choose_threshold(model: AAND, model_config: dict, cfg: DictConfig) -> float:
     """The decision threshold of `cfg.threshold`: stored, a number, percentile or f1."""
     mode = cfg.threshold
     if isinstance(mode, (int, float)):
@@ -110,7 +117,7 @@ def choose_threshold(model: AAND, config: dict, cfg: DictConfig) -> float:
         kind = "normal" if mode == "percentile" else "labelled"
         raise PredictError(f"threshold={mode} needs threshold_images=<folder> of {kind} images.")
     paths = find_images(cfg.threshold_images)
-    scores = _scores(model, config, paths, cfg.batch_size, cfg.device)
+    scores = _scores(model, model_config, paths, cfg.batch_size, cfg.device)
     if mode == "percentile":
         return float(np.percentile(scores, cfg.threshold_percentile))
     labels = np.array([0 if p.parent.name == GOOD else 1 for p in paths])
@@ -125,9 +132,9 @@ def choose_threshold(model: AAND, config: dict, cfg: DictConfig) -> float:
 
 def run(cfg: DictConfig) -> Path:
     """Predict every input image; returns the path of scores.csv."""
-    model, config = load_model(cfg.ckpt)
+    model, model_config = load_model(cfg.ckpt)
     paths = find_images(cfg.input)
-    threshold = choose_threshold(model, config, cfg)
+    threshold = choose_threshold(model, model_config, cfg)
     output = Path(cfg.output)
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     (output / "masks").mkdir(parents=True, exist_ok=True)
@@ -135,7 +142,9 @@ def run(cfg: DictConfig) -> Path:
     with open(output / "scores.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("path", "score", "threshold", "is_anomalous"))
-        for path, image, amap, score in predict_images(model, config, paths, cfg.batch_size, cfg.device):
+        for path, image, amap, score in predict_images(
+            model, model_config, paths, cfg.batch_size, cfg.device
+        ):
             name = "__".join(path.relative_to(root).with_suffix("").parts)
             overlay = heatmap_overlay(image, amap, (0.0, 2 * threshold), amap > threshold, score)
             write_png(output / "overlays" / f"{name}.png", overlay)

@@ -1,6 +1,6 @@
-"""Teacher weights from where they can be had offline: a pip package, a local cache, or a file.
+"""Encoder (backbone) weights from where they can be had offline: a pip package, a local cache, or a file.
 
-The teacher is a timm `features_only` CNN. Its ImageNet weights normally come from the Hugging Face
+The encoder is a timm `features_only` CNN. Its ImageNet weights normally come from the Hugging Face
 hub, which this machine (and many clusters) cannot reach, and timm's own download then retries for
 about 50 seconds before failing. So this module looks in the local caches first, probes the network
 briefly before any download, and ships EfficientNet-Lite0 weights through the

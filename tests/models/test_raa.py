@@ -17,7 +17,7 @@ def test_position_encoding_layout():
         sinusoidal_position_encoding(6, 2, 2)
 
 
-def test_gate_is_probability_and_teacher_forcing_replaces_it():
+def test_gate_is_probability_and_forcing_replaces_it():
     torch.manual_seed(0)
     raa = ResidualAnomalyAmplifier(16, num_prototypes=5)
     features = torch.randn(2, 16, 6, 7)

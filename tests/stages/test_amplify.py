@@ -15,13 +15,13 @@ def test_stage1_step_updates_only_raa(loader, one_step_trainer):
     torch.manual_seed(0)
     teacher = build_amplified_teacher({"name": "resnet18", "weights": "none"}, {"num_prototypes": 4})
     module = AnomalyAmplification(teacher, AmplificationLoss(), partial(torch.optim.Adam, lr=1e-2))
-    backbone_before = _snapshot(teacher.teacher)
+    backbone_before = _snapshot(teacher.encoder)
     raa_before = _snapshot(teacher.raa)
     assert any("running_mean" in k for k in backbone_before)
 
     one_step_trainer().fit(module, train_dataloaders=loader)
 
-    backbone_after = teacher.teacher.state_dict()
+    backbone_after = teacher.encoder.state_dict()
     assert all(
         torch.equal(backbone_before[k], backbone_after[k]) for k in backbone_before
     )  # weights + BN stats

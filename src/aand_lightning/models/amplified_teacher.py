@@ -1,4 +1,4 @@
-"""The AAND encoder: frozen teacher levels, each followed by its own RAA module (in parallel)."""
+"""The amplified teacher: the frozen encoder's levels, each followed by its own RAA module (in parallel)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aand_lightning.models.encoder import Encoder
 from aand_lightning.models.raa import ResidualAnomalyAmplifier
-from aand_lightning.models.teacher import Teacher
 
 
 @dataclass
@@ -21,15 +21,16 @@ class TeacherOutput:
 
 
 class AmplifiedTeacher(nn.Module):
-    """Teacher + one RAA per level. With `enabled=False` it is the plain RD teacher (the RD baseline).
+    """Encoder + one RAA per level. With `enabled=False` it is the plain RD teacher (the RD baseline).
 
     The next backbone stage always consumes the original features, so RAA never changes what deeper
-    levels see; only the targets handed to the student are amplified.
+    levels see; only the targets handed to the student are amplified. State dicts saved when the
+    encoder was called `teacher` (`teacher.*` keys) still load.
     """
 
     def __init__(
         self,
-        teacher: Teacher,
+        encoder: Encoder,
         enabled: bool = True,
         num_prototypes: int = 50,
         temperature: float = 0.2,
@@ -37,32 +38,40 @@ class AmplifiedTeacher(nn.Module):
         eps: float = 1e-8,
     ) -> None:
         super().__init__()
-        self.teacher = teacher
+        self.encoder = encoder
         self.enabled = enabled
         self.raa = nn.ModuleList(
             [
                 ResidualAnomalyAmplifier(c, num_prototypes, temperature, max_hidden, eps)
-                for c in teacher.channels
+                for c in encoder.channels
             ]
             if enabled
             else []
         )
+        self.register_load_state_dict_pre_hook(_rename_encoder_keys)
 
     @property
     def channels(self) -> list[int]:
-        return self.teacher.channels
+        return self.encoder.channels
 
-    def forward(self, images: torch.Tensor, teacher_gates: list[torch.Tensor] | None = None) -> TeacherOutput:
+    def forward(self, images: torch.Tensor, forced_gates: list[torch.Tensor] | None = None) -> TeacherOutput:
         with torch.no_grad():
-            features = self.teacher(images)
-        return self.amplify(features, teacher_gates)
+            features = self.encoder(images)
+        return self.amplify(features, forced_gates)
 
     def amplify(
-        self, features: list[torch.Tensor], teacher_gates: list[torch.Tensor] | None = None
+        self, features: list[torch.Tensor], forced_gates: list[torch.Tensor] | None = None
     ) -> TeacherOutput:
-        """Apply each level's RAA; `teacher_gates` (stage-1 training) replace the predicted gates."""
+        """Apply each level's RAA; `forced_gates` (stage-1 training) replace the predicted gates."""
         if not self.enabled:
             return TeacherOutput(features, features, None)
-        forced = teacher_gates if teacher_gates is not None else [None] * len(features)
+        forced = forced_gates if forced_gates is not None else [None] * len(features)
         outputs = [raa(f, g) for raa, f, g in zip(self.raa, features, forced, strict=True)]
         return TeacherOutput(features, [o[0] for o in outputs], [o[1] for o in outputs])
+
+
+def _rename_encoder_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints and stage-1 artifacts written before the rename hold `teacher.*` for the encoder."""
+    old = f"{prefix}teacher."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[f"{prefix}encoder.{key[len(old) :]}"] = state_dict.pop(key)

@@ -8,18 +8,18 @@ from typing import Any
 from aand_lightning.models.aand import AAND
 from aand_lightning.models.amplified_teacher import AmplifiedTeacher
 from aand_lightning.models.anomaly_map import AnomalyMapGenerator
+from aand_lightning.models.encoder import Encoder
 from aand_lightning.models.fusion import OFF, MapFusion
 from aand_lightning.models.student import Student
-from aand_lightning.models.teacher import Teacher
 
 
 def build_amplified_teacher(
     backbone: Mapping[str, Any], raa: Mapping[str, Any], weights: str | None = None
 ) -> AmplifiedTeacher:
-    """Teacher from `backbone` (name, weights; `weights` overrides) with RAA per `raa` (enabled, L, τ)."""
-    teacher = Teacher(backbone["name"], backbone.get("weights", "imagenet") if weights is None else weights)
+    """Encoder from `backbone` (name, weights; `weights` overrides) with RAA per `raa` (enabled, L, τ)."""
+    encoder = Encoder(backbone["name"], backbone.get("weights", "imagenet") if weights is None else weights)
     return AmplifiedTeacher(
-        teacher,
+        encoder,
         enabled=raa.get("enabled", True),
         num_prototypes=raa.get("num_prototypes", 50),
         temperature=raa.get("temperature", 0.2),

@@ -82,10 +82,10 @@ class ResidualAnomalyAmplifier(nn.Module):
         return attention[:, self.num_prototypes :].sum(dim=1, keepdim=True)
 
     def forward(
-        self, features: torch.Tensor, teacher_gate: torch.Tensor | None = None
+        self, features: torch.Tensor, forced_gate: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (amplified features, predicted gate); `teacher_gate` replaces the gate in the residual."""
+        """Return (amplified features, predicted gate); `forced_gate` replaces the gate in the residual."""
         gate = self.gate(features)
         residual = torch.tanh(self.residual(features)) * features
-        used_gate = gate if teacher_gate is None else teacher_gate.to(features.dtype)
+        used_gate = gate if forced_gate is None else forced_gate.to(features.dtype)
         return features + used_gate * residual, gate

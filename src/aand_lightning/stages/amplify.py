@@ -50,13 +50,13 @@ class AnomalyAmplification(AnomalyStage):
         return self.teacher.raa
 
     def compile_targets(self) -> list[nn.Module]:
-        return [self.teacher.teacher, *self.teacher.raa]
+        return [self.teacher.encoder, *self.teacher.raa]
 
     def _loss(
         self, batch: dict, teacher_forcing: bool, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            features = self.teacher.teacher(batch["image"])
+            features = self.teacher.encoder(batch["image"])
         forced = self.loss.level_targets(batch["mask"], features) if teacher_forcing else None
         out = self.teacher.amplify(features, forced)
         return self.loss(

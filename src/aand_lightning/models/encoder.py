@@ -1,4 +1,4 @@
-"""Frozen ImageNet teacher: a timm CNN cut to its stride-4/8/16 feature levels."""
+"""The frozen ImageNet encoder under the amplified teacher: a timm CNN cut to its stride-4/8/16 levels."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from aand_lightning.weights import load_into, resolve_state_dict
 
-TEACHER_STRIDES = (4, 8, 16)
+ENCODER_STRIDES = (4, 8, 16)
 
 
 def _feature_indices(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
@@ -26,7 +26,7 @@ def _feature_indices(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _drop_unused_stages(model: nn.Module) -> None:
-    """EfficientNet-style feature nets keep every block; the teacher never needs those after level 3.
+    """EfficientNet-style feature nets keep every block; the encoder never needs those after level 3.
 
     timm's EfficientNetFeatures counts the stem as stage 0, so block i feeds stage index i + 1.
     """
@@ -36,14 +36,14 @@ def _drop_unused_stages(model: nn.Module) -> None:
         model.blocks = blocks[: max(stage_idx)]
 
 
-class Teacher(nn.Module):
+class Encoder(nn.Module):
     """Three feature levels of a pretrained CNN; weights frozen and BatchNorm always in eval mode."""
 
     def __init__(self, name: str = "wide_resnet50_2", weights: str | None = "imagenet") -> None:
         super().__init__()
         self.name = name
         self.backbone = timm.create_model(
-            name, pretrained=False, features_only=True, out_indices=_feature_indices(name, TEACHER_STRIDES)
+            name, pretrained=False, features_only=True, out_indices=_feature_indices(name, ENCODER_STRIDES)
         )
         _drop_unused_stages(self.backbone)
         state_dict = resolve_state_dict(name, weights)
@@ -56,7 +56,7 @@ class Teacher(nn.Module):
     def channels(self) -> list[int]:
         return list(self.backbone.feature_info.channels())
 
-    def train(self, mode: bool = True) -> Teacher:
+    def train(self, mode: bool = True) -> Encoder:
         """Ignore the mode for the backbone: its BN statistics are ImageNet's and must never drift."""
         super().train(mode)
         self.backbone.eval()
