@@ -56,7 +56,7 @@ from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
 
 
 def stage1_images_per_second(device: torch.device, batch: int, size: int, repeats: int) -> dict[str, float]:
-    """Stage 1 = synthesis (host, per image) + RAA training step (teacher forcing) on the batch."""
+    """Stage 1 = synthesis (host, per image) + RAA training step (forced gates) on the batch."""
     rng = np.random.default_rng(0)
     pictures = rng.random((batch, size, size, 3), dtype=np.float32)
     foreground = np.ones((size, size), bool)

@@ -142,7 +142,7 @@ class System:
 
 
 class Stage1Step:
-    """Stage 1's training step (teacher forcing on the synthetic mask) with a fresh WRN50 teacher."""
+    """Stage 1's training step (gates forced by the synthetic mask) with a fresh WRN50 teacher."""
 
     def __init__(self, device: torch.device) -> None:
         torch.manual_seed(0)
@@ -153,10 +153,8 @@ class Stage1Step:
     def __call__(
         self, images: torch.Tensor, mask: torch.Tensor, foreground: torch.Tensor | None = None
     ) -> None:
-        with torch.no_grad():
-            features = self.teacher.encoder(images)
-        out = self.teacher.amplify(features, self.loss.level_targets(mask, features))
-        loss = self.loss(out.features, out.amplified, out.gates, mask, foreground)["loss"]
+        out = self.teacher(images, mask, forcing=True, mask_threshold=self.loss.mask_threshold)
+        loss = self.loss(out, foreground)["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from aand_lightning.models.amplified_teacher import TeacherOutput
 from aand_lightning.models.losses import (
     AmplificationLoss,
     CosineDistillationLoss,
@@ -9,6 +10,7 @@ from aand_lightning.models.losses import (
     focal_loss,
     random_subset,
 )
+from aand_lightning.models.raa import forced_gate
 
 
 def test_focal_loss_matches_formula():
@@ -79,8 +81,8 @@ def test_stage1_loss_combines_levels_with_weights():
     mask = torch.zeros(2, 1, 32, 32)
     mask[0, :, :16, :16] = 1
     loss = AmplificationLoss()
-    out = loss(features, features, gates, mask)
-    targets = loss.level_targets(mask, features)
+    targets = [forced_gate(mask, f.shape[-2:]) for f in features]
+    out = loss(TeacherOutput(features, features, gates, targets))
     focal = sum(focal_loss(g, t) for g, t in zip(gates, targets, strict=True))
     assert torch.isclose(out["focal"], focal)
     assert torch.isclose(out["amplification"], torch.tensor(0.6))  # 0.3 per level, amplified == vanilla
@@ -95,9 +97,14 @@ def test_normal_positions_need_the_pooled_foreground_above_the_mask_threshold():
     mask[..., :5, :5] = 1  # top-left cell anomalous
     foreground = torch.zeros(1, 1, 10, 10)
     foreground[..., :2, 5:] = 1  # top-right cell: 10 of 25 pixels, pooled 0.4
-    out = AmplificationLoss()(features, features, gates, mask, foreground)
+    out = AmplificationLoss()(
+        TeacherOutput(features, features, gates, [forced_gate(mask, (2, 2))]), foreground
+    )
     assert torch.isclose(out["amplification"], torch.tensor(0.3))  # one valid pair, amplified == vanilla
-    strict = AmplificationLoss(mask_threshold=0.5)(features, features, gates, mask, foreground)
+    targets = [forced_gate(mask, (2, 2), threshold=0.5)]
+    strict = AmplificationLoss(mask_threshold=0.5)(
+        TeacherOutput(features, features, gates, targets), foreground
+    )
     assert strict["amplification"].item() == 0.0  # no normal position left
 
 

@@ -8,16 +8,18 @@ import torch
 from torch import nn
 
 from aand_lightning.models.encoder import Encoder
-from aand_lightning.models.raa import ResidualAnomalyAmplifier
+from aand_lightning.models.raa import ResidualAnomalyAmplifier, forced_gate
 
 
 @dataclass
 class TeacherOutput:
-    """Vanilla features, amplified features (what the student learns) and predicted gates per level."""
+    """Vanilla features, amplified features (what the student learns) and predicted gates per level;
+    with a synthetic mask also the forced gates: each level's ground truth (stage 1's loss targets)."""
 
     features: list[torch.Tensor]
     amplified: list[torch.Tensor]
     gates: list[torch.Tensor] | None
+    forced_gates: list[torch.Tensor] | None = None
 
 
 class AmplifiedTeacher(nn.Module):
@@ -54,15 +56,29 @@ class AmplifiedTeacher(nn.Module):
     def channels(self) -> list[int]:
         return self.encoder.channels
 
-    def forward(self, images: torch.Tensor, forced_gates: list[torch.Tensor] | None = None) -> TeacherOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        forcing: bool = False,
+        mask_threshold: float = 0.3,
+    ) -> TeacherOutput:
+        """Stage 1 in one call: with the synthetic `mask` (B,1,H,W) the output carries each level's forced
+        gate (`forced_gate` at `mask_threshold`); `forcing` (stage-1 training) puts them in place of the
+        predicted gates in the residual. The predicted gates are returned either way."""
+        if forcing and mask is None:
+            raise ValueError("Forcing the RAA gates needs the synthetic mask; pass mask=<(B,1,H,W) tensor>.")
         with torch.no_grad():
             features = self.encoder(images)
-        return self.amplify(features, forced_gates)
+        forced = None if mask is None else [forced_gate(mask, f.shape[-2:], mask_threshold) for f in features]
+        out = self.amplify(features, forced if forcing else None)
+        out.forced_gates = forced
+        return out
 
     def amplify(
         self, features: list[torch.Tensor], forced_gates: list[torch.Tensor] | None = None
     ) -> TeacherOutput:
-        """Apply each level's RAA; `forced_gates` (stage-1 training) replace the predicted gates."""
+        """Apply each level's RAA; `forced_gates` replace the predicted gates in the residual."""
         if not self.enabled:
             return TeacherOutput(features, features, None)
         forced = forced_gates if forced_gates is not None else [None] * len(features)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aand_lightning.models.amplified_teacher import TeacherOutput
 from aand_lightning.models.anomaly_map import cosine_distance
-from aand_lightning.models.raa import forced_gate
 
 
 def focal_loss(prob: torch.Tensor, target: torch.Tensor, alpha: float = 0.8, gamma: float = 2.0,
@@ -67,7 +67,10 @@ def amplification_loss(
 
 
 class AmplificationLoss(nn.Module):
-    """L = focal_weight·Σ focal(gate) + amplification_weight·Σ L_amp over the levels."""
+    """L = focal_weight·Σ focal(gate) + amplification_weight·Σ L_amp over the levels.
+
+    `mask_threshold` thresholds the pooled foreground of normal positions and is the one to pass to the
+    teacher's forward for the forced gates (the targets)."""
 
     def __init__(
         self,
@@ -89,23 +92,20 @@ class AmplificationLoss(nn.Module):
         self.mask_threshold = mask_threshold
         self.max_normal, self.max_anomalous = max_normal, max_anomalous
 
-    def level_targets(self, mask: torch.Tensor, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Ground-truth gate per level (also what teacher forcing feeds to the RAA residual)."""
-        return [forced_gate(mask, f.shape[-2:], self.mask_threshold) for f in features]
-
     def forward(
         self,
-        features: list[torch.Tensor],
-        amplified: list[torch.Tensor],
-        gates: list[torch.Tensor],
-        mask: torch.Tensor,
+        out: TeacherOutput,
         foreground: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        focal = amp = features[0].new_zeros(())
-        for f, fa, gate, target in zip(
-            features, amplified, gates, self.level_targets(mask, features), strict=True
-        ):
+        """`out`: the amplified teacher's output for the batch and its synthetic mask (`forced_gates`
+        are the targets; call it with the mask at this loss's `mask_threshold`)."""
+        if out.gates is None or out.forced_gates is None:
+            raise ValueError(
+                "The stage-1 loss needs RAA gates and forced gates: call the teacher with the mask."
+            )
+        focal = amp = out.features[0].new_zeros(())
+        for f, fa, gate, target in zip(out.features, out.amplified, out.gates, out.forced_gates, strict=True):
             focal = focal + focal_loss(gate, target, self.focal_alpha, self.focal_gamma, self.focal_eps)
             normal = target == 0
             if foreground is not None:  # the authors pool and threshold the foreground like the mask

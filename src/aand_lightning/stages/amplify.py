@@ -15,8 +15,8 @@ from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, Scheduler
 class AnomalyAmplification(AnomalyStage):
     """Trains only the RAA modules; the teacher backbone stays frozen with BN in eval mode.
 
-    Training uses teacher forcing (the residual gate is the ground-truth synthetic mask); validation
-    and test use the predicted gate. Its test pass scores images with the gates themselves (mean of
+    Training forces the gates (the residual gate is the ground-truth synthetic mask); validation and
+    test use the predicted gate. Its test pass scores images with the gates themselves (mean of
     the upsampled level gates): a direct measure of how well RAA finds anomalies.
     """
 
@@ -53,20 +53,15 @@ class AnomalyAmplification(AnomalyStage):
         return [self.teacher.encoder, *self.teacher.raa]
 
     def _loss(
-        self, batch: dict, teacher_forcing: bool, generator: torch.Generator | None = None
+        self, batch: dict, forcing: bool, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            features = self.teacher.encoder(batch["image"])
-        forced = self.loss.level_targets(batch["mask"], features) if teacher_forcing else None
-        out = self.teacher.amplify(features, forced)
-        return self.loss(
-            out.features, out.amplified, out.gates, batch["mask"], batch.get("foreground"), generator
-        )
+        out = self.teacher(batch["image"], batch["mask"], forcing, self.loss.mask_threshold)
+        return self.loss(out, batch.get("foreground"), generator)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # position subsets of L_amp drawn on the device from (seed, step): identical after resuming
         generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + self.global_step)
-        losses = self._loss(batch, teacher_forcing=True, generator=generator)
+        losses = self._loss(batch, forcing=True, generator=generator)
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["image"])
         )
@@ -76,7 +71,7 @@ class AnomalyAmplification(AnomalyStage):
         if self._validate_on_test():
             self.validate_on_test_batch(batch)
             return
-        losses = self._loss(batch, teacher_forcing=False)
+        losses = self._loss(batch, forcing=False)
         self.log_dict(
             {f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=len(batch["image"])
         )
