@@ -77,7 +77,7 @@ def _epoch(system: System, loader, epoch: int, device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
     for batch in loader:
-        system.train_step(batch["image"].to(device), loader.dataset, batch["index"].tolist())
+        system.train_step(batch.image.to(device), loader.dataset, batch.index.tolist())
     sync(device)
     return time.perf_counter() - start
 
@@ -122,7 +122,7 @@ def stage2_epochs(
                 working = torch.cuda.max_memory_allocated(device) - resident
                 peaks[name] = max(peaks.get(name, 0), working)
     one = next(iter(loaders["aand_cached"]))
-    images, indices = one["image"][:1].to(device), one["index"][:1].tolist()
+    images, indices = one.image[:1].to(device), one.index[:1].tolist()
     flops = {name: _step_flops(s, images, loaders[name].dataset, indices) for name, s in systems.items()}
     cache_bytes = {
         name: sum(store.nbytes() for store in s.cache.stores.values() if store is not None)
@@ -149,8 +149,7 @@ def stage1(device: torch.device, source: DemoDataset, count: int, batch: int, re
     teacher = step.teacher
 
     first = next(iter(loader))
-    images, mask = first["image"].to(device), first["mask"].to(device)
-    foreground = first["foreground"].to(device)
+    images, mask, foreground = first.image.to(device), first.mask.to(device), first.foreground.to(device)
     parts = {
         "backbone": lambda: torch.no_grad()(teacher.encoder)(images),
         "validation": lambda: torch.no_grad()(teacher)(images),
@@ -160,8 +159,8 @@ def stage1(device: torch.device, source: DemoDataset, count: int, batch: int, re
     loader.sampler.set_epoch(1)
     sync(device)
     start = time.perf_counter()
-    for item in loader:
-        step(item["image"].to(device), item["mask"].to(device), item["foreground"].to(device))
+    for batch in loader:
+        step(batch.image.to(device), batch.mask.to(device), batch.foreground.to(device))
     sync(device)
     per_image = {name: statistics.median(t) / len(images) for name, t in times.items()}
     return Stage1(

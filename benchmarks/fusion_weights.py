@@ -48,11 +48,11 @@ def component_maps(model: AAND, datamodule: AnomalyDataModule, split: str) -> di
     loader = datamodule.loader(datamodule.dataset(samples, mode), datamodule.eval_batch_size)
     parts: dict[str, list[torch.Tensor]] = {"aand": [], "gate": [], "label": [], "mask": []}
     for batch in loader:
-        maps = model(batch["image"], all_maps=True).maps_by_name
+        maps = model(batch.image, all_maps=True).maps_by_name
         for name in ("aand", "gate"):
             parts[name].append(maps[name])
-        parts["label"].append(batch["label"])
-        parts["mask"].append(batch["mask"][:, 0] > 0.5)
+        parts["label"].append(batch.label)
+        parts["mask"].append(batch.mask[:, 0] > 0.5)
     return {name: torch.cat(values) for name, values in parts.items()}
 
 

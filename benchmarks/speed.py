@@ -189,7 +189,7 @@ def loader_throughput(batch: int, size: int, batches: int = 10) -> list[tuple[st
                 stream = itertools.chain.from_iterable(itertools.repeat(loader))  # epoch after epoch
                 next(stream)  # the first batch pays for starting the workers
                 start = time.perf_counter()
-                count = sum(len(b["image"]) for b in itertools.islice(stream, batches))
+                count = sum(len(b) for b in itertools.islice(stream, batches))
                 stage = "stage 1 (synthesis)" if mode == "synthetic" else "stage 2 (normal images)"
                 rows.append((stage, workers, count / (time.perf_counter() - start)))
     return rows

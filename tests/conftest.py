@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+from aand_lightning.data.batch import Item, collate
 from aand_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from aand_lightning.models.build import build_aand
 from aand_lightning.models.losses import HardKnowledgeDistillationLoss
@@ -93,8 +94,8 @@ class _Images(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "mask": torch.zeros(1, 64, 64), "label": 0}
+    def __getitem__(self, i: int) -> Item:
+        return Item(self.images[i], torch.zeros(1, 64, 64), 0, "good", f"{i}.png")
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +117,7 @@ def fused_checkpoint(tmp_path_factory) -> Path:
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         default_root_dir=tmp_path_factory.mktemp("fused"),
     )  # fmt: skip
-    loader = partial(torch.utils.data.DataLoader, batch_size=2)
+    loader = partial(torch.utils.data.DataLoader, batch_size=2, collate_fn=collate)
     trainer.fit(module, train_dataloaders=loader(_Images(4, 0)), val_dataloaders=loader(_Images(5, 1)))
     path = Path(trainer.default_root_dir) / "fused.ckpt"
     trainer.save_checkpoint(path)

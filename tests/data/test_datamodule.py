@@ -48,12 +48,12 @@ def test_split_validation_is_seeded():
 def test_test_batches_on_non_square_visa(visa_root):
     dm = _datamodule(VisA(visa_root, "candle"), val_fraction=0.0)
     batch = next(iter(dm.test_dataloader()))
-    assert batch["image"].shape == (2, 3, 24, 40) and batch["image"].dtype == torch.float32
-    assert batch["mask"].shape == (2, 1, 24, 40)
-    assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert batch.image.shape == (2, 3, 24, 40) and batch.image.dtype == torch.float32
+    assert batch.mask.shape == (2, 1, 24, 40)
+    assert set(batch.mask.unique().tolist()) <= {0.0, 1.0}
     all_batches = list(dm.test_dataloader())
-    labels = torch.cat([b["label"] for b in all_batches])
-    masks = torch.cat([b["mask"] for b in all_batches])
+    labels = torch.cat([b.label for b in all_batches])
+    masks = torch.cat([b.mask for b in all_batches])
     assert labels.tolist() == [s.label for s in dm.splits.test]
     assert all((m.sum() > 0) == bool(lbl) for m, lbl in zip(masks, labels, strict=True))  # label-index masks
 
@@ -63,10 +63,10 @@ def test_mask_aligned_with_its_image_and_normalisation_inverts(mvtec_root):
     dataset = dm.dataset(dm.splits.test, "test")
     index = next(i for i, s in enumerate(dm.splits.test) if s.label == 1)
     item = dataset[index]
-    mask = item["mask"][0].numpy().astype(bool)
+    mask = item.mask[0].numpy().astype(bool)
     assert mask[2:5, 3:7].all() and mask.sum() == 12  # exactly the fixture's 3x4 box
     expected = resize((12, 16))(image=read_image(dm.splits.test[index].image))["image"]
-    restored = denormalize(item["image"][None], dm.mean, dm.std)[0]
+    restored = denormalize(item.image[None], dm.mean, dm.std)[0]
     assert np.abs(restored.astype(int) - expected.astype(int)).max() <= 1
 
 
@@ -74,16 +74,14 @@ def test_synthetic_items_carry_mask_foreground_and_label(mvtec_root):
     dm = _datamodule(MVTecAD(mvtec_root, "bottle"), image_size=32)
     dataset = dm.dataset(dm.splits.train, "synthetic")
     item = dataset[0]
-    assert item["foreground"].shape == (1, 32, 32) and item["mask"].shape == (1, 32, 32)
-    assert item["label"] == int(item["mask"].any())
-    assert torch.equal(item["image"], dataset[(0, 0)]["image"])  # plain index = epoch 0: stable validation
-    assert torch.equal(
-        dataset[(3, 0)]["mask"], dataset[(3, 0)]["mask"]
-    )  # pure function of (seed, epoch, index)
-    assert any(not torch.equal(dataset[(e, 0)]["mask"], item["mask"]) for e in range(1, 6))  # new every epoch
+    assert item.foreground.shape == (1, 32, 32) and item.mask.shape == (1, 32, 32)
+    assert item.label == int(item.mask.any())
+    assert torch.equal(item.image, dataset[(0, 0)].image)  # plain index = epoch 0: stable validation
+    assert torch.equal(dataset[(3, 0)].mask, dataset[(3, 0)].mask)  # pure function of (seed, epoch, index)
+    assert any(not torch.equal(dataset[(e, 0)].mask, item.mask) for e in range(1, 6))  # new every epoch
     clean = dm.dataset(dm.splits.train, "normal")[0]
-    changed = (item["image"] != clean["image"]).any(0)
-    assert not changed[item["mask"][0] == 0].any()  # pixels change only inside the synthetic mask
+    changed = (item.image != clean.image).any(0)
+    assert not changed[item.mask[0] == 0].any()  # pixels change only inside the synthetic mask
 
 
 def test_synthetic_foreground_comes_from_the_native_image(tmp_path, write_png):
@@ -95,7 +93,7 @@ def test_synthetic_foreground_comes_from_the_native_image(tmp_path, write_png):
         [Sample(path, 0)], (24, 32), IMAGENET_MEAN, IMAGENET_STD, "synthetic",
         AnomalySynthesizer(clean_probability=0.0), rule,
     )  # fmt: skip
-    foreground = dataset[0]["foreground"][0].numpy() > 0
+    foreground = dataset[0].foreground[0].numpy() > 0
     np.testing.assert_array_equal(foreground, foreground_mask(read_image(path), rule, (24, 32)))
     resized_first = foreground_mask(resize((24, 32))(image=read_image(path))["image"], rule)
     assert (foreground != resized_first).mean() > 0.05

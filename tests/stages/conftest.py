@@ -1,7 +1,11 @@
+import dataclasses
+
 import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from aand_lightning.data.batch import Item, collate
 
 
 class SyntheticBatches(Dataset):
@@ -16,15 +20,10 @@ class SyntheticBatches(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> dict:
-        return {
-            "image": self.images[i],
-            "mask": self.masks[i],
-            "foreground": torch.ones(1, *self.images.shape[-2:]),
-            "label": int(self.masks[i].any()),
-            "defect": "square",
-            "path": f"{i}.png",
-        }
+    def __getitem__(self, i: int) -> Item:
+        foreground = torch.ones(1, *self.images.shape[-2:])
+        label = int(self.masks[i].any())
+        return Item(self.images[i], self.masks[i], label, "square", f"{i}.png", foreground=foreground)
 
 
 class IndexedBatches(SyntheticBatches):
@@ -36,8 +35,8 @@ class IndexedBatches(SyntheticBatches):
         super().__init__()
         self.skip_image = torch.zeros(len(self), dtype=torch.bool)
 
-    def __getitem__(self, i: int) -> dict:
-        return {**super().__getitem__(i), "index": i}
+    def __getitem__(self, i: int) -> Item:
+        return dataclasses.replace(super().__getitem__(i), index=i)
 
 
 @pytest.fixture
@@ -49,12 +48,12 @@ def resnet18_backbone() -> dict:
 
 @pytest.fixture
 def loader() -> DataLoader:
-    return DataLoader(SyntheticBatches(), batch_size=2)
+    return DataLoader(SyntheticBatches(), batch_size=2, collate_fn=collate)
 
 
 @pytest.fixture
 def indexed_loader() -> DataLoader:
-    return DataLoader(IndexedBatches(), batch_size=2)
+    return DataLoader(IndexedBatches(), batch_size=2, collate_fn=collate)
 
 
 @pytest.fixture

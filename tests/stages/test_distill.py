@@ -59,7 +59,7 @@ def test_fusion_is_calibrated_on_validation_images_only(demo_datamodule, resnet1
     model = module.model.eval()
     normal = demo_datamodule.loader(demo_datamodule.dataset(demo_datamodule.val_samples, "normal"), 8)
     with torch.no_grad():  # the trained model's maps of the validation images, and nothing else
-        maps = [model(batch["image"], all_maps=True).maps_by_name for batch in normal]
+        maps = [model(batch.image, all_maps=True).maps_by_name for batch in normal]
         aand, gate = (torch.cat([m[name] for m in maps]) for name in ("aand", "gate"))
     fusion = MapFusion("auto")
     draws = demo_datamodule.synthetic_draws(demo_datamodule.val_samples, 2)

@@ -123,14 +123,14 @@ def test_a_skipped_item_is_not_read_even_by_a_loader_worker(tmp_path, monkeypatc
     module.setup()
     dataset = module.dataset(module.splits.train[:4], "normal")
     loader = module.loader(dataset, 2)
-    assert all(batch["image"].abs().sum() > 0 for batch in loader)  # the worker starts here (persistent)
+    assert all(batch.image.abs().sum() > 0 for batch in loader)  # the worker starts here (persistent)
     dataset.skip_image[[0, 1]] = True  # after the fork: the worker sees it through shared memory
     first, second = list(loader)
-    assert first["index"].tolist() == [0, 1] and not first["image"].any() and second["image"].abs().sum() > 0
+    assert first.index.tolist() == [0, 1] and not first.image.any() and second.image.abs().sum() > 0
     reads = []
     monkeypatch.setattr(datasets, "read_image", lambda path: reads.append(path))
     item = dataset[1]
-    assert reads == [] and item["image"].shape == (3, 64, 64) and item["index"] == 1
+    assert reads == [] and item.image.shape == (3, 64, 64) and item.index == 1
 
 
 RESNET18 = {"name": "resnet18", "weights": "none",

@@ -9,7 +9,9 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from aand_lightning.data.batch import Batch
 from aand_lightning.data.transforms import denormalize
+from aand_lightning.stages.base import EvaluationOutput
 from aand_lightning.visualization import heatmap_overlay, write_png
 
 
@@ -24,17 +26,19 @@ class HeatmapWriter(Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._items = []
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs: EvaluationOutput, batch: Batch, batch_idx, dataloader_idx=0
+    ) -> None:
         room = None if self.max_images is None else self.max_images - len(self._items)
         if not trainer.is_global_zero or room == 0:
             return
         dm = trainer.datamodule
-        images = denormalize(batch["image"][:room], dm.mean, dm.std)
-        maps = outputs["maps"][:room, 0].float().cpu().numpy()
-        masks = (batch["mask"][:room, 0] > 0.5).cpu().numpy()
-        scores = outputs["scores"][:room].float().cpu().tolist()
-        for i, path in enumerate(batch["path"][: len(images)]):
-            name = f"{batch['defect'][i]}_{Path(path).stem}"
+        images = denormalize(batch.image[:room], dm.mean, dm.std)
+        maps = outputs.maps[:room, 0].float().cpu().numpy()
+        masks = (batch.mask[:room, 0] > 0.5).cpu().numpy()
+        scores = outputs.scores[:room].float().cpu().tolist()
+        for i, path in enumerate(batch.path[: len(images)]):
+            name = f"{batch.defect[i]}_{Path(path).stem}"
             self._items.append((images[i], maps[i], masks[i], scores[i], name))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

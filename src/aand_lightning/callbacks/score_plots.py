@@ -10,7 +10,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
+from aand_lightning.data.batch import Batch
 from aand_lightning.distributed import gather_uneven
+from aand_lightning.stages.base import EvaluationOutput
 from aand_lightning.visualization import score_plots, write_png
 
 
@@ -26,9 +28,11 @@ class ScorePlots(Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._scores, self._labels = [], []
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._scores.append(outputs["scores"].detach().float().cpu())
-        self._labels.append(batch["label"].detach().cpu())
+    def on_test_batch_end(
+        self, trainer, pl_module, outputs: EvaluationOutput, batch: Batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._scores.append(outputs.scores.detach().float().cpu())
+        self._labels.append(batch.label.detach().cpu())
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         scores = gather_uneven(torch.cat(self._scores).to(pl_module.device)).cpu().numpy()

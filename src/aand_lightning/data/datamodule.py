@@ -10,6 +10,7 @@ import numpy as np
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from aand_lightning.data.batch import collate
 from aand_lightning.data.datasets import AnomalyDataset, EpochSampler, Mode
 from aand_lightning.data.io import check_samples
 from aand_lightning.data.records import DatasetError, Sample, SampleSource, Splits
@@ -132,6 +133,7 @@ class AnomalyDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=False,
+            collate_fn=collate,
         )
 
     def synthetic_draws(self, samples: Sequence[Sample], draws: int) -> DataLoader:
@@ -140,8 +142,9 @@ class AnomalyDataModule(L.LightningDataModule):
         dataset = self.dataset(samples, "synthetic")
         keys = [(draw, index) for draw in range(draws) for index in range(len(dataset))]
         return DataLoader(
-            dataset, batch_size=self.eval_batch_size, sampler=keys, num_workers=self.num_workers
-        )
+            dataset, batch_size=self.eval_batch_size, sampler=keys, num_workers=self.num_workers,
+            collate_fn=collate,
+        )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         assert self.splits is not None

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from aand_lightning.data.batch import Item
 from aand_lightning.data.io import read_image, read_mask
 from aand_lightning.data.records import Sample
 from aand_lightning.data.synthesis.foreground import ForegroundCache, ForegroundRule
@@ -30,8 +31,8 @@ class EpochSampler(DistributedSampler):
 
 
 class AnomalyDataset(Dataset):
-    """Items are dicts: image (3,H,W), mask (1,H,W), label, defect, path, index (+ foreground when
-    synthetic).
+    """Items are `Item`s (data/batch.py): image, mask, label, defect, path, index, and the foreground
+    when synthetic; loaders collate them into `Batch`es.
 
     mode "normal": the files as they are (stage 2, validation); "test": with ground-truth masks;
     "synthetic": a DRAEM-style anomaly is pasted inside the foreground (stage 1). The anomaly of an
@@ -79,13 +80,13 @@ class AnomalyDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> Item:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         sample = self.samples[index]
-        item = {"label": sample.label, "defect": sample.defect, "path": str(sample.image), "index": index}
         if self.reusable and self.skip_image[index]:
             height, width = self.resize.size
-            return {**item, "image": torch.zeros(3, height, width), "mask": torch.zeros(1, height, width)}
+            image, mask = torch.zeros(3, height, width), torch.zeros(1, height, width)
+            return Item(image, mask, sample.label, sample.defect, str(sample.image), index)
         image = read_image(sample.image)
         if self.mode == "test" and sample.mask is not None:
             mask = read_mask(sample.mask, size=image.shape[:2])
@@ -99,12 +100,19 @@ class AnomalyDataset(Dataset):
         out = self.resize(image=image, mask=mask.astype(np.uint8))
         image, mask = out["image"], out["mask"].astype(np.float32)
         pixels = image.astype(np.float32) / 255.0
+        label, foreground_tensor = sample.label, None
         if foreground is not None:
             pixels, mask = self.synthesizer(
                 pixels, foreground, np.random.default_rng((self.seed, epoch, index))
             )
-            item["foreground"] = torch.from_numpy(foreground.astype(np.float32))[None]
-            item["label"] = int(mask.any())
-        item["image"] = normalize(pixels, self.mean, self.std)
-        item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
-        return item
+            foreground_tensor = torch.from_numpy(foreground.astype(np.float32))[None]
+            label = int(mask.any())
+        return Item(
+            image=normalize(pixels, self.mean, self.std),
+            mask=torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
+            label=label,
+            defect=sample.defect,
+            path=str(sample.image),
+            index=index,
+            foreground=foreground_tensor,
+        )

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import BinaryPrecision
 
+from aand_lightning.data.batch import Batch
 from aand_lightning.models.amplified_teacher import AmplifiedTeacher
 from aand_lightning.models.anomaly_map import AnomalyMapGenerator, mean_gate
 from aand_lightning.models.losses import AmplificationLoss
@@ -53,38 +54,34 @@ class AnomalyAmplification(AnomalyStage):
         return [self.teacher.encoder, *self.teacher.raa]
 
     def _loss(
-        self, batch: dict, forcing: bool, generator: torch.Generator | None = None
+        self, batch: Batch, forcing: bool, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        out = self.teacher(batch["image"], batch["mask"], forcing, self.loss.mask_threshold)
-        return self.loss(out, batch.get("foreground"), generator)
+        out = self.teacher(batch.image, batch.mask, forcing, self.loss.mask_threshold)
+        return self.loss(out, batch.foreground, generator)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         # position subsets of L_amp drawn on the device from (seed, step): identical after resuming
         generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + self.global_step)
         losses = self._loss(batch, forcing=True, generator=generator)
-        self.log_dict(
-            {f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["image"])
-        )
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch))
         return losses["loss"]
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if self._validate_on_test():
             self.validate_on_test_batch(batch)
             return
         losses = self._loss(batch, forcing=False)
-        self.log_dict(
-            {f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=len(batch["image"])
-        )
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=len(batch))
 
     def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.anomaly_map.gate_map(self.teacher(images).gates, tuple(images.shape[-2:]))
 
-    def validate_on_test_batch(self, batch: dict) -> None:
+    def validate_on_test_batch(self, batch: Batch) -> None:
         """Also the precision of `mean gate > 0.5` against the mask, over every test pixel."""
-        gate = mean_gate(self.teacher(batch["image"]).gates, tuple(batch["image"].shape[-2:]))
-        self.gate_precision.update(gate.flatten(), (batch["mask"] > 0.5).flatten().long())
+        gate = mean_gate(self.teacher(batch.image).gates, tuple(batch.image.shape[-2:]))
+        self.gate_precision.update(gate.flatten(), (batch.mask > 0.5).flatten().long())
         maps, scores = self.anomaly_map.smooth_and_score(gate)
-        self.val_metrics.update(scores, batch["label"], maps[:, 0], batch["mask"][:, 0] > 0.5)
+        self.val_metrics.update(scores, batch.label, maps[:, 0], batch.mask[:, 0] > 0.5)
 
     def selection_score(self, results: dict[str, torch.Tensor]) -> torch.Tensor:
         """The authors keep the stage-1 epoch with the best gate precision on the test set."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from aand_lightning.data.batch import Batch
 from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics
 from aand_lightning.models.anomaly_map import image_scores
 
@@ -39,6 +41,14 @@ def set_rng_states(states: dict) -> None:
     random.setstate(tuple(s if not isinstance(s, list) else tuple(s) for s in states["python"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@dataclass
+class EvaluationOutput:
+    """What `test_step` hands the callbacks: the configured map (B,1,H,W) and image scores (B,)."""
+
+    maps: torch.Tensor
+    scores: torch.Tensor
 
 
 class AnomalyStage(L.LightningModule):
@@ -98,9 +108,9 @@ class AnomalyStage(L.LightningModule):
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         if self.channels_last:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            batch.image = batch.image.contiguous(memory_format=torch.channels_last)
         return batch
 
     def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,10 +140,10 @@ class AnomalyStage(L.LightningModule):
     def _validate_on_test(self) -> bool:
         return bool(getattr(self.trainer.datamodule, "validate_on_test", False))
 
-    def validate_on_test_batch(self, batch: dict) -> None:
+    def validate_on_test_batch(self, batch: Batch) -> None:
         """Authors' protocol (opt-in): maps and scores of labelled test images during validation."""
-        maps, scores = self.anomaly_maps(batch["image"])
-        self.val_metrics.update(scores, batch["label"], maps[:, 0], batch["mask"][:, 0] > 0.5)
+        maps, scores = self.anomaly_maps(batch.image)
+        self.val_metrics.update(scores, batch.label, maps[:, 0], batch.mask[:, 0] > 0.5)
 
     def selection_score(self, results: dict[str, torch.Tensor]) -> torch.Tensor:
         """What the authors' protocol keeps the best epoch by (logged as `val/selection`)."""
@@ -149,20 +159,20 @@ class AnomalyStage(L.LightningModule):
             {name: AnomalyMetrics(fpr_limit=self.fpr_limit) for name in self.map_names()}
         ).to(self.device)
 
-    def test_step(self, batch: dict, batch_idx: int) -> dict:
+    def test_step(self, batch: Batch, batch_idx: int) -> EvaluationOutput:
         """Evaluate a batch on every map; the time of image → maps + scores (not of metrics or pictures)
         is summed. The configured map is what the callbacks (overlays, score plots) get."""
         self._sync()
         start = time.perf_counter()
-        by_name = self.maps_by_name(batch["image"])
+        by_name = self.maps_by_name(batch.image)
         scores = {name: image_scores(maps) for name, maps in by_name.items()}
         self._sync()
         self.inference_seconds += time.perf_counter() - start
-        self.inference_images += len(batch["image"])
-        masks = batch["mask"][:, 0] > 0.5
+        self.inference_images += len(batch)
+        masks = batch.mask[:, 0] > 0.5
         for name, maps in by_name.items():
-            self.test_metrics[name].update(scores[name], batch["label"], maps[:, 0], masks)
-        return {"maps": by_name[self.map_name], "scores": scores[self.map_name]}
+            self.test_metrics[name].update(scores[name], batch.label, maps[:, 0], masks)
+        return EvaluationOutput(by_name[self.map_name], scores[self.map_name])
 
     def on_test_epoch_end(self) -> None:
         self.test_results_by_map = {

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from aand_lightning.data.batch import Batch
 from aand_lightning.distributed import gather_uneven
 from aand_lightning.models.aand import AAND
 from aand_lightning.models.amplified_teacher import TeacherOutput
@@ -81,36 +82,36 @@ class NormalityDistillation(AnomalyStage):
             # on the host, the processes of one machine share its memory (CPU DDP: one per device)
             self.feature_cache = TeacherFeatureCache(self.feature_cache_settings, self.trainer.num_devices)
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+    def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """Dataset indices stay on the host: the feature cache looks them up without a device sync."""
-        if isinstance(batch, dict) and isinstance(batch.get("index"), torch.Tensor):
-            batch["index"] = batch["index"].tolist()
+        if isinstance(batch.index, torch.Tensor):
+            batch.index = batch.index.tolist()
         return batch
 
-    def _teacher(self, batch: dict, loaders: Any) -> TeacherOutput | None:
+    def _teacher(self, batch: Batch, loaders: Any) -> TeacherOutput | None:
         """The teacher's output for a training or validation batch: from the feature cache where it has
         it (None, the model computes it, when there is no cache or during the sanity check)."""
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         dataset = getattr(loader, "dataset", None)
         if self.feature_cache is None or dataset is None or self.trainer.sanity_checking:
             return None
-        return self.feature_cache(self.model.teacher, batch["image"], dataset, batch.get("index"))
+        return self.feature_cache(self.model.teacher, batch.image, dataset, batch.index)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         teacher = self._teacher(batch, self.trainer.train_dataloader)
-        out = self.model(batch["image"], with_map=False, teacher=teacher)
+        out = self.model(batch.image, with_map=False, teacher=teacher)
         loss = self.loss(out.teacher.amplified, out.student)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         if self._validate_on_test():
             self.validate_on_test_batch(batch)
             return
         teacher = self._teacher(batch, self.trainer.val_dataloaders)
-        out = self.model(batch["image"], all_maps=True, teacher=teacher)
+        out = self.model(batch.image, all_maps=True, teacher=teacher)
         loss = self.loss(out.teacher.amplified, out.student)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["image"]))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
         self._val_maps.append(_components(out.maps_by_name))
 
     def on_validation_epoch_end(self) -> None:
@@ -158,7 +159,7 @@ class NormalityDistillation(AnomalyStage):
         self.model.eval()  # the student's BatchNorm must not update on these images
         with torch.no_grad():
             maps = [
-                _components(self.model(batch["image"].to(self.device), all_maps=True).maps_by_name)
+                _components(self.model(batch.image.to(self.device), all_maps=True).maps_by_name)
                 for batch in loader
             ]
         self.model.train()
@@ -185,11 +186,11 @@ def _components(maps_by_name: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 @torch.no_grad()
-def anomalous_gate_values(model: AAND, loader: Iterable[dict], device: torch.device) -> torch.Tensor:
+def anomalous_gate_values(model: AAND, loader: Iterable[Batch], device: torch.device) -> torch.Tensor:
     """Gate-map values inside the masks of synthetic anomalies (the teacher alone runs), on the CPU."""
     values = []
     for batch in loader:
-        images, masks = batch["image"].to(device), batch["mask"].to(device) > 0.5
+        images, masks = batch.image.to(device), batch.mask.to(device) > 0.5
         gate, _ = model.anomaly_map.gate_map(model.teacher(images).gates, tuple(images.shape[-2:]))
         values.append(gate[masks].cpu())
     return torch.cat(values)
