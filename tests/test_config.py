@@ -87,6 +87,24 @@ def test_paper_experiments_are_the_paper_protocol():
         assert cfg.dataset.download is True and cfg.dataset.source.download is True
 
 
+@pytest.mark.parametrize("dataset", ["mvtec", "visa", "mvtec3d"])
+def test_paper_recipes_are_the_shared_base_plus_a_dataset(dataset):
+    recipe = _compose([f"experiment=paper_{dataset}"])
+    base = _compose(["experiment=paper", f"dataset={dataset}"])
+    job = {k: v for k, v in OmegaConf.to_container(recipe).items() if k != "hydra"}
+    assert job == {k: v for k, v in OmegaConf.to_container(base).items() if k != "hydra"}
+    assert recipe.dataset.name == dataset and recipe.hydra.sweeper.params == base.hydra.sweeper.params
+    assert recipe.hydra.runtime.choices.sweep == "all_categories"
+
+
+def test_the_stages_share_the_optimizer_but_not_its_overrides():
+    cfg = _compose([])
+    assert cfg.distill.optimizer == cfg.amplify.optimizer
+    assert cfg.distill.optimizer._target_ == "torch.optim.Adam" and cfg.distill.optimizer.fused is True
+    cfg = _compose(["distill.optimizer.lr=0.1"])
+    assert cfg.distill.optimizer.lr == 0.1 and cfg.amplify.optimizer.lr == 0.005
+
+
 @pytest.mark.parametrize("experiment", [None, "demo", "quick"])
 def test_base_and_small_recipes_use_procedural_textures(experiment):
     cfg = _compose([f"experiment={experiment}"] if experiment else [])
