@@ -3,7 +3,12 @@
 import os
 import shutil
 
+import torch
+
+from aand_lightning.config import config_file
 from aand_lightning.data.demo import ensure_category
+from aand_lightning.handoff import load_teacher, save_teacher
+from aand_lightning.models.build import build_amplified_teacher
 
 
 def _folders(tmp_path):
@@ -35,3 +40,13 @@ def test_cache_reuses_only_the_same_files(train_in_process, tmp_path):
     stat = image.stat()
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert _stage_all(train_in_process, "changed_file", folders["line_a"]) is None
+
+
+def test_an_artifact_without_newer_raa_settings_loads_with_the_config_values(tmp_path):
+    raa = config_file("raa/default.yaml")
+    teacher = build_amplified_teacher({"name": "resnet18", "weights": "none"}, raa)
+    old = {k: v for k, v in raa.items() if k not in ("max_hidden", "eps")}  # as an older version wrote it
+    save_teacher(tmp_path / "teacher.pt", teacher, {"name": "resnet18"}, old)
+    loaded, about = load_teacher(tmp_path / "teacher.pt", {"name": "resnet18"}, raa)
+    assert about["raa"] == raa
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in teacher.state_dict().items())

@@ -3,6 +3,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from aand_lightning.config import config_file
+
 
 class SyntheticBatches(Dataset):
     """Random images with a square synthetic anomaly in every other item."""
@@ -43,8 +45,7 @@ class IndexedBatches(SyntheticBatches):
 @pytest.fixture
 def resnet18_backbone() -> dict:
     """A tiny untrained teacher with RD's resnet18 student (basic blocks)."""
-    return {"name": "resnet18", "weights": "none",
-            "student": {"block": "basic", "fusion_blocks": 2, "decoder_layers": [2, 2, 2]}}  # fmt: skip
+    return {**config_file("backbone/resnet18.yaml"), "weights": "none"}
 
 
 @pytest.fixture

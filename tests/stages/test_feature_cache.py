@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from aand_lightning.config import config_file
 from aand_lightning.data import datasets
 from aand_lightning.data.datamodule import AnomalyDataModule
 from aand_lightning.data.demo import DemoDataset
@@ -133,8 +134,7 @@ def test_a_skipped_item_is_not_read_even_by_a_loader_worker(tmp_path, monkeypatc
     assert reads == [] and item["image"].shape == (3, 64, 64) and item["index"] == 1
 
 
-RESNET18 = {"name": "resnet18", "weights": "none",
-            "student": {"block": "basic", "fusion_blocks": 2, "decoder_layers": [2, 2, 2]}}  # fmt: skip
+RESNET18 = {**config_file("backbone/resnet18.yaml"), "weights": "none"}
 
 
 class PerEpoch(L.Callback):
@@ -162,7 +162,11 @@ def test_the_first_epoch_fills_the_cache_and_later_epochs_neither_call_the_teach
     datamodule = AnomalyDataModule(
         DemoDataset(tmp_path, "brick", image_size=64), 64, batch_size=4, num_workers=0, drop_last=False
     )
-    model = build_aand(RESNET18, {"enabled": False}, {"sigma": 4.0})
+    model = build_aand(
+        RESNET18,
+        {**config_file("raa/default.yaml"), "enabled": False},
+        config_file("train.yaml")["anomaly_map"],
+    )
     module = NormalityDistillation(model, CosineDistillationLoss(), partial(torch.optim.Adam, lr=1e-3))
     counter = PerEpoch(model.teacher, monkeypatch)
     trainer = L.Trainer(
