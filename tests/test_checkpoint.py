@@ -44,8 +44,10 @@ def test_a_checkpoint_without_newer_settings_loads_with_the_config_values(fused_
     stored = payload["hyper_parameters"]["model_config"]
     del stored["anomaly_map"]["fusion"], stored["anomaly_map"]["fusion_draws"]
     del stored["backbone"]["student"]["fusion_width_per_group"], stored["raa"]["eps"]
+    stored.pop("interpolation", None)
     torch.save(payload, tmp_path / "old.ckpt")
     model, config = load_model(tmp_path / "old.ckpt")
     assert config["anomaly_map"]["fusion"] == "off" and config["anomaly_map"]["fusion_draws"] == 8
     assert config["backbone"]["student"]["fusion_width_per_group"] is None and config["raa"]["eps"] == 1e-8
     assert config["raa"]["num_prototypes"] == 4 and model.map_name == "aand"
+    assert config["interpolation"] == "pil_bicubic"

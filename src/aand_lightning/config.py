@@ -65,8 +65,10 @@ def with_config_defaults(model: Mapping[str, Any]) -> dict[str, Any]:
     filled = dict(model)
     if "raa" in model:
         filled["raa"] = {**config_file("raa/default.yaml"), **model["raa"]}
-    if "anomaly_map" in model:
-        filled["anomaly_map"] = {**config_file("train.yaml")["anomaly_map"], **model["anomaly_map"]}
+    if "anomaly_map" in model:  # a stage-2 checkpoint's model_config
+        train = config_file("train.yaml")
+        filled["anomaly_map"] = {**train["anomaly_map"], **model["anomaly_map"]}
+        filled.setdefault("interpolation", train["datamodule"]["interpolation"])
     if "student" in model.get("backbone", {}):
         backbone = model["backbone"]
         filled["backbone"] = {
