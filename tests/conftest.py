@@ -37,10 +37,10 @@ SMOKE = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def smoke() -> list[str]:
+@pytest.fixture(scope="session")
+def smoke() -> tuple[str, ...]:
     """The overrides of the smallest real training run (CLI tests add data and run-dir paths)."""
-    return list(SMOKE)
+    return tuple(SMOKE)
 
 
 def train_here(tmp: Path, name: str, *overrides: str) -> tuple[list, Path]:

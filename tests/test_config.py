@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from aand_lightning.checks import ConfigError, check_config
 from aand_lightning.config import config_dir
+from aand_lightning.models.losses import CosineDistillationLoss, HardKnowledgeDistillationLoss
 
 CONF = config_dir()
 GROUPS = [
@@ -70,8 +71,10 @@ def test_spec_hyperparameters_are_defaults():
 
 
 def test_loss_options_instantiate():
-    for option in _options("loss"):
-        assert instantiate(_compose([f"loss={option}"]).loss) is not None
+    expected = {"hkd": HardKnowledgeDistillationLoss, "rd": CosineDistillationLoss}
+    assert _options("loss") == sorted(expected)
+    for option, loss in expected.items():
+        assert type(instantiate(_compose([f"loss={option}"]).loss)) is loss
 
 
 def test_paper_experiments_are_the_paper_protocol():

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import torch
 
@@ -32,7 +33,8 @@ def _stage_all(train_in_process, run: str, train_dir):
 def test_cache_reuses_only_the_same_files(train_in_process, tmp_path):
     folders = _folders(tmp_path)
     assert _stage_all(train_in_process, "first", folders["line_a"]) is None  # stage 1 trains and is stored
-    assert _stage_all(train_in_process, "same", folders["line_a"]) is not None  # same data: reused
+    reused = _stage_all(train_in_process, "same", folders["line_a"])  # same data: the cached teacher
+    assert reused is not None and Path(reused).name == "teacher.pt" and Path(reused).is_file()
     # same category name, other folder: another teacher
     assert _stage_all(train_in_process, "other_folder", folders["line_b"]) is None
     # a changed training file (rewritten later, new mtime): another teacher

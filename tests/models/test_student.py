@@ -14,10 +14,10 @@ RAA, ANOMALY_MAP = config_file("raa/default.yaml"), config_file("train.yaml")["a
 
 @pytest.mark.parametrize("name", list(STUDENTS))
 def test_student_matches_teacher_shapes(name):
-    model = build_aand({"name": name, "weights": "none", "student": STUDENTS[name]}, RAA, ANOMALY_MAP)
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.randn(2, 3, 64, 64))
+    """Shapes only: on the meta device nothing is initialised or computed (WideResNet50-2 in 0.2 s)."""
+    with torch.device("meta"):
+        model = build_aand({"name": name, "weights": "none", "student": STUDENTS[name]}, RAA, ANOMALY_MAP)
+        out = model.eval()(torch.randn(2, 3, 64, 64))
     assert [s.shape for s in out.student] == [t.shape for t in out.teacher.amplified]
     assert out.maps.shape == (2, 1, 64, 64) and out.scores.shape == (2,)
 

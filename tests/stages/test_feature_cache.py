@@ -197,7 +197,7 @@ def test_cache_on_and_off_give_identical_metrics(train_in_process, raa, fast_pat
     rounding: RAA's matmuls round an image's features by the size of the batch it is in, and the
     teacher sees only the new items of a mixed batch (uncached, an image's features already change in
     the last bit with the batch it falls in)."""
-    overrides = ["stage=distill", "distill.epochs=3", "raa=default" if raa else "raa=off", *fast_path]
+    overrides = ["stage=distill", "distill.epochs=2", "raa=default" if raa else "raa=off", *fast_path]
     if raa:
         _, teacher_run = train_in_process("teacher", "stage=amplify", "teacher_cache=null")
         overrides.append(f"teacher_ckpt={teacher_run / 'amplify' / 'teacher.pt'}")
@@ -207,6 +207,7 @@ def test_cache_on_and_off_give_identical_metrics(train_in_process, raa, fast_pat
     assert on[-1]["metrics"] == pytest.approx(off[-1]["metrics"], abs=tolerance, rel=0)
 
 
+@pytest.mark.slow  # a measurement of the documented tolerance (pretrained teacher, full epochs): minutes
 def test_half_precision_caches_stay_within_their_stated_tolerance(train_in_process):
     """bfloat16 / float16 caches round the student's targets: the demo-data metrics (pretrained teacher,
     three epochs) stay within 0.07 of the float32 ones, as conf/train.yaml states. That is the size of
