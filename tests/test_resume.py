@@ -12,7 +12,7 @@ import torch
 
 from aand_lightning.callbacks.last_checkpoint import LAST, LastCheckpoint
 
-EPOCHS = 3  # the kill lands after epoch 0's checkpoint; epochs 1 and 2 are left to resume
+EPOCHS = 5
 
 
 def _command(smoke: tuple[str, ...], tmp: Path, run_dir: Path, *extra: str) -> list[str]:
