@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from systems import WRN50, Stage1Step, System, _train_config, alternate, sync
+from systems import RAA, WRN50, Stage1Step, System, _train_config, alternate, sync
 from torch.utils.flop_counter import FlopCounterMode
 
 from aand_lightning.data.datamodule import AnomalyDataModule
@@ -214,7 +214,7 @@ def cache_size_table(item_bytes: int) -> list[str]:
 
 def item_bytes(device: torch.device, size: int) -> int:
     """float32 bytes of one image's cached AAND teacher output (amplified levels + gates)."""
-    teacher = build_amplified_teacher(WRN50, {"enabled": True}).to(device).eval()
+    teacher = build_amplified_teacher(WRN50, RAA).to(device).eval()
     with torch.no_grad():
         out = teacher(torch.zeros(1, 3, size, size, device=device))
     return FeatureStore.item_bytes(out, torch.float32)

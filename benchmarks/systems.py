@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from aand_lightning.config import config_dir
+from aand_lightning.config import config_dir, config_file
 from aand_lightning.models.build import build_aand, build_amplified_teacher
 from aand_lightning.models.losses import (
     AmplificationLoss,
@@ -22,16 +22,9 @@ from aand_lightning.models.losses import (
 from aand_lightning.stages.feature_cache import TeacherFeatureCache
 
 ROOT = Path(__file__).resolve().parents[1]
-WRN50 = {
-    "name": "wide_resnet50_2",
-    "weights": "none",
-    "student": {
-        "block": "bottleneck",
-        "fusion_blocks": 3,
-        "decoder_layers": [3, 4, 6],
-        "width_per_group": 128,
-    },
-}
+WRN50 = {**config_file("backbone/wide_resnet50_2.yaml"), "name": "wide_resnet50_2", "weights": "none"}
+RAA = config_file("raa/default.yaml")
+ANOMALY_MAP = config_file("train.yaml")["anomaly_map"]
 # ours_rd_w64: our RD with anomalib's 64-wide bottleneck (RD's own is 128-wide), to compare equal FLOPs
 SYSTEMS = ("ours_rd", "ours_rd_w64", "ours_aand", "anomalib_rd")
 WRN50_W64 = {**WRN50, "student": {**WRN50["student"], "fusion_width_per_group": 64}}
@@ -79,9 +72,9 @@ class System:
         self.device = device
         torch.manual_seed(0)
         if name.startswith("ours"):
-            raa = {"enabled": name == "ours_aand"}
+            raa = {**RAA, "enabled": name == "ours_aand"}
             backbone = WRN50_W64 if name == "ours_rd_w64" else WRN50
-            self.model = build_aand(backbone, raa, {"sigma": 4.0}).to(device)
+            self.model = build_aand(backbone, raa, ANOMALY_MAP).to(device)
             self.loss = HardKnowledgeDistillationLoss() if raa["enabled"] else CosineDistillationLoss()
             params = self.model.student.parameters()
         else:
@@ -146,7 +139,7 @@ class Stage1Step:
 
     def __init__(self, device: torch.device) -> None:
         torch.manual_seed(0)
-        self.teacher = build_amplified_teacher(WRN50, {"enabled": True}).to(device).eval()
+        self.teacher = build_amplified_teacher(WRN50, RAA).to(device).eval()
         self.loss = AmplificationLoss()
         self.optimizer = configured_optimizer("amplify", self.teacher.raa.parameters())
 

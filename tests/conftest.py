@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 
+from aand_lightning.config import config_file
 from aand_lightning.data.batch import Item, collate
 from aand_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from aand_lightning.models.build import build_aand
@@ -37,10 +38,10 @@ SMOKE = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def smoke() -> list[str]:
+@pytest.fixture(scope="session")
+def smoke() -> tuple[str, ...]:
     """The overrides of the smallest real training run (CLI tests add data and run-dir paths)."""
-    return list(SMOKE)
+    return tuple(SMOKE)
 
 
 def train_here(tmp: Path, name: str, *overrides: str) -> tuple[list, Path]:
@@ -102,9 +103,9 @@ class _Images(torch.utils.data.Dataset):
 def fused_checkpoint(tmp_path_factory) -> Path:
     """A stage-2 checkpoint whose output is the fused map (`fusion=0.5`), made in-process: resnet18
     without weights, untrained RAA, 64 px, one epoch of two steps, then calibrated on 'normal' images."""
-    backbone = {"name": "resnet18", "weights": "none",
-                "student": {"block": "basic", "fusion_blocks": 2, "decoder_layers": [2, 2, 2]}}  # fmt: skip
-    raa, anomaly_map = {"num_prototypes": 4}, {"sigma": 4.0, "fusion": 0.5}
+    backbone = {**config_file("backbone/resnet18.yaml"), "weights": "none"}
+    raa = {**config_file("raa/default.yaml"), "num_prototypes": 4}
+    anomaly_map = {**config_file("train.yaml")["anomaly_map"], "fusion": 0.5}
     torch.manual_seed(0)
     config = {"backbone": backbone, "raa": raa, "anomaly_map": anomaly_map, "image_size": 64,
               "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}  # fmt: skip

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from aand_lightning.checkpoint import CheckpointError, load_model
+from aand_lightning.config import config_file
 from aand_lightning.handoff import save_teacher
 from aand_lightning.models.build import build_amplified_teacher
 
@@ -22,7 +23,9 @@ def test_checkpoint_rebuilds_the_trained_model(stage2_checkpoint):
 def test_wrong_files_name_the_fix(tmp_path):
     with pytest.raises(CheckpointError, match=r"distill/checkpoints/last\.ckpt"):
         load_model(tmp_path / "missing.ckpt")
-    teacher = build_amplified_teacher({"name": "resnet18", "weights": "none"}, {"num_prototypes": 2})
+    teacher = build_amplified_teacher(
+        {"name": "resnet18", "weights": "none"}, {**config_file("raa/default.yaml"), "num_prototypes": 2}
+    )
     save_teacher(tmp_path / "teacher.pt", teacher, {"name": "resnet18"}, {"num_prototypes": 2})
     with pytest.raises(CheckpointError, match="stage-1 teacher artifact"):
         load_model(tmp_path / "teacher.pt")
@@ -33,3 +36,18 @@ def test_wrong_files_name_the_fix(tmp_path):
     with pytest.raises(CheckpointError, match=r"junk\.ckpt is not a stage-2 checkpoint") as error:
         load_model(tmp_path / "junk.ckpt")
     assert "weights_only" not in str(error.value)
+
+
+def test_a_checkpoint_without_newer_settings_loads_with_the_config_values(fused_checkpoint, tmp_path):
+    """Written before anomaly_map.fusion* and backbone.student.fusion_width_per_group existed."""
+    payload = torch.load(fused_checkpoint, weights_only=False)
+    stored = payload["hyper_parameters"]["model_config"]
+    del stored["anomaly_map"]["fusion"], stored["anomaly_map"]["fusion_draws"]
+    del stored["backbone"]["student"]["fusion_width_per_group"], stored["raa"]["eps"]
+    stored.pop("interpolation", None)
+    torch.save(payload, tmp_path / "old.ckpt")
+    model, config = load_model(tmp_path / "old.ckpt")
+    assert config["anomaly_map"]["fusion"] == "off" and config["anomaly_map"]["fusion_draws"] == 8
+    assert config["backbone"]["student"]["fusion_width_per_group"] is None and config["raa"]["eps"] == 1e-8
+    assert config["raa"]["num_prototypes"] == 4 and model.map_name == "aand"
+    assert config["interpolation"] == "pil_bicubic"

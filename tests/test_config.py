@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from aand_lightning.checks import ConfigError, check_config
 from aand_lightning.config import config_dir
+from aand_lightning.models.losses import CosineDistillationLoss, HardKnowledgeDistillationLoss
 
 CONF = config_dir()
 GROUPS = [
@@ -70,8 +71,10 @@ def test_spec_hyperparameters_are_defaults():
 
 
 def test_loss_options_instantiate():
-    for option in _options("loss"):
-        assert instantiate(_compose([f"loss={option}"]).loss) is not None
+    expected = {"hkd": HardKnowledgeDistillationLoss, "rd": CosineDistillationLoss}
+    assert _options("loss") == sorted(expected)
+    for option, loss in expected.items():
+        assert type(instantiate(_compose([f"loss={option}"]).loss)) is loss
 
 
 def test_paper_experiments_are_the_paper_protocol():
@@ -85,6 +88,24 @@ def test_paper_experiments_are_the_paper_protocol():
         assert sorted(categories) == sorted(cfg.dataset.categories)
         assert cfg.synthesis.textures == "dtd" and cfg.synthesis.texture_dir is None
         assert cfg.dataset.download is True and cfg.dataset.source.download is True
+
+
+@pytest.mark.parametrize("dataset", ["mvtec", "visa", "mvtec3d"])
+def test_paper_recipes_are_the_shared_base_plus_a_dataset(dataset):
+    recipe = _compose([f"experiment=paper_{dataset}"])
+    base = _compose(["experiment=paper", f"dataset={dataset}"])
+    job = {k: v for k, v in OmegaConf.to_container(recipe).items() if k != "hydra"}
+    assert job == {k: v for k, v in OmegaConf.to_container(base).items() if k != "hydra"}
+    assert recipe.dataset.name == dataset and recipe.hydra.sweeper.params == base.hydra.sweeper.params
+    assert recipe.hydra.runtime.choices.sweep == "all_categories"
+
+
+def test_the_stages_share_the_optimizer_but_not_its_overrides():
+    cfg = _compose([])
+    assert cfg.distill.optimizer == cfg.amplify.optimizer
+    assert cfg.distill.optimizer._target_ == "torch.optim.Adam" and cfg.distill.optimizer.fused is True
+    cfg = _compose(["distill.optimizer.lr=0.1"])
+    assert cfg.distill.optimizer.lr == 0.1 and cfg.amplify.optimizer.lr == 0.005
 
 
 @pytest.mark.parametrize("experiment", [None, "demo", "quick"])

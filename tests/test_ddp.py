@@ -58,7 +58,7 @@ def test_ddp_stage_all_hands_over_the_teacher_and_writes_once(workdir):
 def test_ddp_feature_cache_gives_the_uncached_metrics(workdir):
     """Each rank fills its own stage-2 feature cache with the items it sees (a different share every
     epoch); the metrics equal those of the same DDP run without the cache."""
-    overrides = ["stage=distill", "raa=off", "distill.epochs=3", *DDP]
+    overrides = ["stage=distill", "raa=off", "distill.epochs=2", *DDP]
     on = _train(workdir, "ddp_cache_on", *overrides)
     off = _train(workdir, "ddp_cache_off", *overrides, "distill.feature_cache.enabled=false")
     a = json.loads((on / "distill" / "metrics.json").read_text())["metrics"]

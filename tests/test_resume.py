@@ -15,15 +15,14 @@ from aand_lightning.callbacks.last_checkpoint import LAST, LastCheckpoint
 EPOCHS = 5
 
 
-def _command(tmp: Path, run_dir: Path, *extra: str) -> list[str]:
+def _command(smoke: tuple[str, ...], tmp: Path, run_dir: Path, *extra: str) -> list[str]:
+    """The smoke run with EPOCHS epochs per stage (a kill can land before the last), csv logging."""
     return [
-        sys.executable, "-m", "aand_lightning.train",
-        "dataset=demo", f"dataset.root={tmp / 'demo'}", "dataset.image_size=64",
-        "backbone=resnet18", "backbone.weights=none", "trainer=debug", "trainer.enable_progress_bar=false",
-        "datamodule.batch_size=4", "datamodule.num_workers=0", "evaluation.heatmaps=1", "teacher_cache=null",
+        sys.executable, "-m", "aand_lightning.train", *smoke, "logger=csv", "teacher_cache=null",
         f"amplify.epochs={EPOCHS}", f"distill.epochs={EPOCHS}",
         "amplify.scheduler.milestones=[2]", "distill.scheduler.milestones=[2]",
-        f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}", *extra,
+        f"dataset.root={tmp / 'demo'}", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}",
+        *extra,
     ]  # fmt: skip
 
 
@@ -66,12 +65,12 @@ def _resume(command: list[str], cwd: Path) -> str:
         ),
     ],
 )
-def test_run_killed_in_each_stage_resumes_to_the_same_metrics(overrides, tmp_path):
+def test_run_killed_in_each_stage_resumes_to_the_same_metrics(overrides, tmp_path, smoke):
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     subprocess.run(
-        _command(tmp_path, reference_dir, *overrides), cwd=tmp_path, check=True, capture_output=True
+        _command(smoke, tmp_path, reference_dir, *overrides), cwd=tmp_path, check=True, capture_output=True
     )
-    command = _command(tmp_path, resumed_dir, *overrides)
+    command = _command(smoke, tmp_path, resumed_dir, *overrides)
     stages = ["amplify", "distill"] if "stage=all" in overrides else ["distill"]
 
     _kill_while_training(command, tmp_path, resumed_dir / stages[0])
@@ -89,10 +88,10 @@ def test_run_killed_in_each_stage_resumes_to_the_same_metrics(overrides, tmp_pat
         assert resumed == pytest.approx(reference, abs=1e-6), stage
 
 
-def test_resume_without_a_checkpoint_names_the_directory(tmp_path):
+def test_resume_without_a_checkpoint_names_the_directory(tmp_path, smoke):
     run_dir = tmp_path / "never_ran"
     result = subprocess.run(
-        _command(tmp_path, run_dir, "stage=distill", "raa=off", "ckpt_path=last"),
+        _command(smoke, tmp_path, run_dir, "stage=distill", "raa=off", "ckpt_path=last"),
         cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2

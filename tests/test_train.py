@@ -12,26 +12,17 @@ import pytest
 from aand_lightning.handoff import TeacherArtifactError, load_teacher
 
 
-def _train(tmp: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, "-m", "aand_lightning.train",
-        "dataset=demo", f"dataset.root={tmp / 'demo'}", "dataset.image_size=64",
-        "backbone=resnet18", "backbone.weights=none",
-        "trainer=debug", "trainer.enable_progress_bar=false",
-        "amplify.epochs=1", "distill.epochs=1",
-        "amplify.scheduler.milestones=[1]", "distill.scheduler.milestones=[1]",
-        "datamodule.batch_size=4", "datamodule.num_workers=0",
-        "evaluation.heatmaps=3", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}",
-        *overrides,
-    ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp)
-
-
 @pytest.fixture(scope="module")
-def stage_all(tmp_path_factory) -> Path:
+def stage_all(tmp_path_factory, smoke) -> Path:
+    """The train CLI's end-to-end smoke run (a subprocess): both stages, csv logger, three heatmaps."""
     tmp = tmp_path_factory.mktemp("cli")
     run_dir = tmp / "run_all"
-    result = _train(tmp, run_dir, "stage=all")
+    command = [
+        sys.executable, "-m", "aand_lightning.train", *smoke, "logger=csv", "evaluation.heatmaps=3",
+        f"dataset.root={tmp / 'demo'}", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}",
+        "stage=all",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -114,6 +105,15 @@ def test_wandb_logger_works_offline(stage_all, monkeypatch, train_at):
     assert b"num_prototypes" in record and b"test/image_auroc" in record  # resolved config + metrics
 
 
+EVALUATION_ONLY = ("stage=distill", "raa=off", "trainer.limit_train_batches=0")
+
+
+@pytest.fixture(scope="module")
+def fp32_metrics(stage_all, train_at) -> dict:
+    """The metrics every fast path is compared with: the same evaluation in float32, run once."""
+    return train_at(stage_all.parent, "fp32", *EVALUATION_ONLY)[0][0]["metrics"]
+
+
 @pytest.mark.parametrize(
     ("fast_path", "tolerance"),
     [
@@ -122,12 +122,11 @@ def test_wandb_logger_works_offline(stage_all, monkeypatch, train_at):
         pytest.param(["performance.compile=true"], 1e-3, marks=pytest.mark.slow),
     ],
 )
-def test_fast_paths_keep_the_metrics(stage_all, fast_path, tolerance, train_at):
+def test_fast_paths_keep_the_metrics(stage_all, fp32_metrics, fast_path, tolerance, train_at):
     """Evaluation of the same (untrained, seeded) model with and without a fast path."""
-    common = ["stage=distill", "raa=off", "trainer.limit_train_batches=0"]
     name = "fast_" + "_".join(fast_path).replace("=", "-")
-    a = train_at(stage_all.parent, "fp32", *common)[0][0]["metrics"]
-    b = train_at(stage_all.parent, name, *common, *fast_path)[0][0]["metrics"]
+    a = fp32_metrics
+    b = train_at(stage_all.parent, name, *EVALUATION_ONLY, *fast_path)[0][0]["metrics"]
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         assert b[key] == pytest.approx(a[key], abs=tolerance), key
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from aand_lightning.config import with_config_defaults
 from aand_lightning.errors import UserError
 from aand_lightning.files import load_torch_file
 from aand_lightning.models.aand import AAND
@@ -32,6 +33,7 @@ def load_model(
     config = payload.get("hyper_parameters", {}).get("model_config")
     if not config:
         raise CheckpointError(f"{path} is not a stage-2 (distill) checkpoint; {STAGE2_HINT}.")
+    config = with_config_defaults(config)  # a checkpoint of an older version may lack newer settings
     model = build_aand(config["backbone"], config["raa"], config["anomaly_map"], weights="none")
     state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state, strict=True)

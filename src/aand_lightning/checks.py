@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aand_lightning.errors import UserError
+from aand_lightning.models.amplified_teacher import require_raa
 from aand_lightning.models.encoder import ENCODER_STRIDES
 from aand_lightning.models.fusion import parse_fusion
 from aand_lightning.stages.feature_cache import DTYPES
@@ -83,6 +84,13 @@ def _feature_cache(cfg: DictConfig) -> None:
         )
 
 
+def _raa(cfg: DictConfig, stage1: bool = False, fused: object = None) -> None:
+    try:
+        require_raa(cfg.raa.enabled, stage1, fused)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _fusion(cfg: DictConfig) -> None:
     """The fused map needs RAA gates and normal validation images for its statistics."""
     setting = _value(cfg, "anomaly_map.fusion")
@@ -90,11 +98,8 @@ def _fusion(cfg: DictConfig) -> None:
         enabled, _ = parse_fusion(setting)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if enabled and not cfg.raa.enabled:
-        raise ConfigError(
-            f"anomaly_map.fusion={setting} fuses the RAA gate map, which raa=off does not have; "
-            "pass anomaly_map.fusion=off for the RD baseline."
-        )
+    if enabled:
+        _raa(cfg, fused=setting)
     if enabled and cfg.datamodule.validate_on_test:
         raise ConfigError(
             f"anomaly_map.fusion={setting} takes its statistics from normal validation images, which "
@@ -122,10 +127,7 @@ def check_config(cfg: DictConfig) -> None:
     _fusion(cfg)
     _integer(cfg, "anomaly_map.fusion_draws", 1)
     stages = list(cfg.stage.run)
-    if "amplify" in stages and not cfg.raa.enabled:
-        raise ConfigError(
-            "stage=amplify trains RAA but raa.enabled=false; use stage=distill for the RD baseline."
-        )
+    _raa(cfg, stage1="amplify" in stages)
     ckpt = cfg.ckpt_path
     if ckpt not in (None, "last") and not Path(ckpt).is_file():
         raise ConfigError(f"ckpt_path={ckpt} is not a file; pass ckpt_path=last or the path of a .ckpt file.")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from aand_lightning.config import with_config_defaults
 from aand_lightning.data.records import Sample
 from aand_lightning.errors import UserError
 from aand_lightning.files import load_torch_file
@@ -91,14 +92,14 @@ def locate(path: str | Path | None) -> Path:
 
 
 def read_teacher(path: str | Path | None) -> dict[str, Any]:
-    """Load and check an artifact's format; old (format 1) artifacts get the current layout."""
+    """Load and check an artifact's format; old artifacts get the current layout and settings."""
     path = locate(path)
     payload = load_torch_file(path, "a stage-1 teacher artifact", _PASS, TeacherArtifactError)
     if payload.get("format") not in _READABLE_FORMATS or "state_dict" not in payload:
         raise TeacherArtifactError(f"{path} is not a stage-1 teacher artifact; {_PASS}.")
     if isinstance(payload["backbone"], str):
         payload["backbone"] = {"name": payload["backbone"]}
-    return payload | {"path": path}
+    return with_config_defaults(payload) | {"path": path}
 
 
 def check_compatible(payload: Mapping[str, Any], backbone: Mapping[str, Any], raa: Mapping[str, Any]) -> None:

@@ -62,7 +62,7 @@ def predict_images(
     progress: bool = True,
 ) -> Iterator[tuple[Path, np.ndarray, np.ndarray, float]]:
     """Yield (path, resized uint8 image, map HxW, score) per readable image; unreadable ones are skipped."""
-    transform = resize(as_size(model_config["image_size"]), model_config.get("interpolation", "pil_bicubic"))
+    transform = resize(as_size(model_config["image_size"]), model_config["interpolation"])
     model = model.to(device)
     with tqdm(total=len(paths), disable=not progress, desc="predict", unit="img") as bar:
         for batch in _batches(paths, batch_size):

@@ -1,16 +1,19 @@
 import pytest
 import torch
 
+from aand_lightning.config import config_file
 from aand_lightning.models.build import build_aand
 from aand_lightning.models.fusion import MapFusion, gate_weight, parse_fusion
 
-BACKBONE = {"name": "resnet18", "weights": "none",
-            "student": {"block": "basic", "fusion_blocks": 2, "decoder_layers": [2, 2, 2]}}  # fmt: skip
+BACKBONE = {**config_file("backbone/resnet18.yaml"), "weights": "none"}
+RAA, ANOMALY_MAP = config_file("raa/default.yaml"), config_file("train.yaml")["anomaly_map"]
 
 
 def _model(fusion, raa: dict | None = None):
     torch.manual_seed(0)
-    return build_aand(BACKBONE, raa or {"num_prototypes": 4}, {"sigma": 4.0, "fusion": fusion}).eval()
+    return build_aand(
+        BACKBONE, {**RAA, "num_prototypes": 4, **(raa or {})}, {**ANOMALY_MAP, "fusion": fusion}
+    ).eval()
 
 
 def _calibrated(fusion):
@@ -65,7 +68,9 @@ def test_uncalibrated_off_model_reports_no_fused_map_and_raa_off_none_at_all():
         assert set(_model("off")(images, all_maps=True).maps_by_name) == {"aand", "gate"}
         assert set(_calibrated("off")(images, all_maps=True).maps_by_name) == {"aand", "gate", "fused"}
         assert set(_model("off", {"enabled": False})(images, all_maps=True).maps_by_name) == {"aand"}
-    with pytest.raises(ValueError, match="fusion=off with raa=off"):
+    with pytest.raises(
+        ValueError, match=r"^anomaly_map\.fusion=auto fuses the RAA gate map, which raa=off does not have"
+    ):
         _model("auto", {"enabled": False})
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from aand_lightning.config import config_file
 from aand_lightning.data.batch import Item, collate
 
 
@@ -42,8 +43,7 @@ class IndexedBatches(SyntheticBatches):
 @pytest.fixture
 def resnet18_backbone() -> dict:
     """A tiny untrained teacher with RD's resnet18 student (basic blocks)."""
-    return {"name": "resnet18", "weights": "none",
-            "student": {"block": "basic", "fusion_blocks": 2, "decoder_layers": [2, 2, 2]}}  # fmt: skip
+    return {**config_file("backbone/resnet18.yaml"), "weights": "none"}
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 
+from aand_lightning.config import config_file
 from aand_lightning.data.datamodule import AnomalyDataModule
 from aand_lightning.data.demo import DemoDataset
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
@@ -14,10 +15,12 @@ from aand_lightning.models.losses import HardKnowledgeDistillationLoss
 from aand_lightning.stages import NormalityDistillation
 from aand_lightning.stages.distill import anomalous_gate_values
 
+RAA, ANOMALY_MAP = config_file("raa/default.yaml"), config_file("train.yaml")["anomaly_map"]
+
 
 def test_stage2_step_updates_only_student_and_sets_threshold(loader, one_step_trainer, resnet18_backbone):
     torch.manual_seed(0)
-    model = build_aand(resnet18_backbone, {"num_prototypes": 4}, {"sigma": 4.0})
+    model = build_aand(resnet18_backbone, {**RAA, "num_prototypes": 4}, ANOMALY_MAP)
     module = NormalityDistillation(model, HardKnowledgeDistillationLoss(), partial(torch.optim.Adam, lr=1e-3))
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in model.student.state_dict().items()}
@@ -43,7 +46,9 @@ def demo_datamodule(tmp_path_factory) -> AnomalyDataModule:
 def _fit(datamodule, backbone, fusion, root) -> tuple[NormalityDistillation, L.Trainer]:
     """One epoch, then validation (no sanity pass): the calibration is that of the trained student."""
     torch.manual_seed(0)
-    model = build_aand(backbone, {"num_prototypes": 4}, {"sigma": 4.0, "fusion": fusion, "fusion_draws": 2})
+    model = build_aand(
+        backbone, {**RAA, "num_prototypes": 4}, {**ANOMALY_MAP, "fusion": fusion, "fusion_draws": 2}
+    )
     module = NormalityDistillation(model, HardKnowledgeDistillationLoss(), partial(torch.optim.Adam, lr=1e-3))
     trainer = L.Trainer(
         max_epochs=1, num_sanity_val_steps=0, accelerator="cpu", logger=False, enable_checkpointing=False,

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from aand_lightning.config import config_file
 from aand_lightning.models.build import build_aand, build_amplified_teacher
 from aand_lightning.models.losses import (
     AmplificationLoss,
@@ -28,6 +29,8 @@ SYNCING = {
     torch.ops.aten.equal.default,
     torch.ops.aten._unique2.default,
 }
+
+RAA, ANOMALY_MAP = config_file("raa/default.yaml"), config_file("train.yaml")["anomaly_map"]
 
 
 class SyncRecorder(TorchDispatchMode):
@@ -61,11 +64,11 @@ def _stage(name: str, backbone: dict) -> L.LightningModule:
     torch.manual_seed(0)
     adam = partial(torch.optim.Adam, lr=1e-3)
     if name == "amplify":
-        teacher = build_amplified_teacher(backbone, {"num_prototypes": 4})
+        teacher = build_amplified_teacher(backbone, {**RAA, "num_prototypes": 4})
         return AnomalyAmplification(teacher, AmplificationLoss(max_normal=40, max_anomalous=20), adam)
     raa = name in ("distill", "distill_cached")
     loss = HardKnowledgeDistillationLoss() if raa else CosineDistillationLoss()
-    model = build_aand(backbone, {"num_prototypes": 4, "enabled": raa}, {"sigma": 4.0})
+    model = build_aand(backbone, {**RAA, "num_prototypes": 4, "enabled": raa}, ANOMALY_MAP)
     return NormalityDistillation(model, loss, adam)
 
 

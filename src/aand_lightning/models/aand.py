@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from aand_lightning.models.amplified_teacher import AmplifiedTeacher, TeacherOutput
+from aand_lightning.models.amplified_teacher import AmplifiedTeacher, TeacherOutput, require_raa
 from aand_lightning.models.anomaly_map import AnomalyMapGenerator, image_scores
 from aand_lightning.models.fusion import MapFusion
 from aand_lightning.models.student import Student
@@ -45,8 +45,8 @@ class AAND(nn.Module):
         self.student = student
         self.anomaly_map = anomaly_map
         self.fusion = fusion or MapFusion()
-        if self.fusion.enabled and not teacher.enabled:
-            raise ValueError("The fused map needs the RAA gates; pass anomaly_map.fusion=off with raa=off.")
+        if self.fusion.enabled:
+            require_raa(teacher.enabled, fused=self.fusion.setting)
         self.teacher.requires_grad_(False)
         self.register_buffer("threshold", torch.tensor(float("nan")))
 

@@ -22,6 +22,23 @@ class TeacherOutput:
     forced_gates: list[torch.Tensor] | None = None
 
 
+def require_raa(enabled: bool, stage1: bool = False, fused: object = None) -> None:
+    """The RD baseline (raa=off) has no RAA: no stage 1 to train it, no gate map to fuse (`fused`: the
+    fusion setting when the fused map is on). The one rule and message for the config check and the
+    modules; ValueError names the fix."""
+    if enabled:
+        return
+    if stage1:
+        raise ValueError(
+            "stage=amplify trains RAA but raa.enabled=false; use stage=distill for the RD baseline."
+        )
+    if fused is not None:
+        raise ValueError(
+            f"anomaly_map.fusion={fused} fuses the RAA gate map, which raa=off does not have; "
+            "pass anomaly_map.fusion=off for the RD baseline."
+        )
+
+
 class AmplifiedTeacher(nn.Module):
     """Encoder + one RAA per level. With `enabled=False` it is the plain RD teacher (the RD baseline).
 
@@ -33,11 +50,11 @@ class AmplifiedTeacher(nn.Module):
     def __init__(
         self,
         encoder: Encoder,
-        enabled: bool = True,
-        num_prototypes: int = 50,
-        temperature: float = 0.2,
-        max_hidden: int = 1024,
-        eps: float = 1e-8,
+        enabled: bool,
+        num_prototypes: int,
+        temperature: float,
+        max_hidden: int,
+        eps: float,
     ) -> None:
         super().__init__()
         self.encoder = encoder

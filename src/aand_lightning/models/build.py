@@ -1,31 +1,47 @@
-"""Build the models from plain config mappings (Hydra calls these; so do predict and export)."""
+"""Build the models from plain config mappings (Hydra calls these; so do predict and export).
+
+The values come from the configs (`conf/backbone/*.yaml`, `conf/raa/*.yaml`, `anomaly_map` in
+`conf/train.yaml`), never from defaults here: a missing key is an error that names it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from aand_lightning.errors import UserError
 from aand_lightning.models.aand import AAND
 from aand_lightning.models.amplified_teacher import AmplifiedTeacher
 from aand_lightning.models.anomaly_map import AnomalyMapGenerator
 from aand_lightning.models.encoder import Encoder
-from aand_lightning.models.fusion import OFF, MapFusion
+from aand_lightning.models.fusion import MapFusion
 from aand_lightning.models.student import Student
+
+RAA_KEYS = ("enabled", "num_prototypes", "temperature", "max_hidden", "eps")
+STUDENT_KEYS = ("block", "fusion_blocks", "decoder_layers", "width_per_group", "fusion_width_per_group")
+
+
+class ModelConfigError(UserError):
+    """A model setting is missing from the config mapping; the message names its key."""
+
+
+def _settings(section: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """`keys` of `section` (the config node `name`), in that order; the error names the first one it lacks."""
+    missing = [k for k in keys if k not in section]
+    if missing:
+        raise ModelConfigError(
+            f"The model config lacks {name}.{missing[0]}; set it (conf/ holds the value of each setting)."
+        )
+    return {k: section[k] for k in keys}
 
 
 def build_amplified_teacher(
     backbone: Mapping[str, Any], raa: Mapping[str, Any], weights: str | None = None
 ) -> AmplifiedTeacher:
-    """Encoder from `backbone` (name, weights; `weights` overrides) with RAA per `raa` (enabled, L, τ)."""
-    encoder = Encoder(backbone["name"], backbone.get("weights", "imagenet") if weights is None else weights)
-    return AmplifiedTeacher(
-        encoder,
-        enabled=raa.get("enabled", True),
-        num_prototypes=raa.get("num_prototypes", 50),
-        temperature=raa.get("temperature", 0.2),
-        max_hidden=raa.get("max_hidden", 1024),
-        eps=raa.get("eps", 1e-8),
-    )
+    """Encoder from `backbone` (name, weights; `weights` overrides) with RAA per `raa` (enabled, L, τ...)."""
+    source = _settings(backbone, "backbone", ("name",) if weights is not None else ("name", "weights"))
+    encoder = Encoder(source["name"], source["weights"] if weights is None else weights)
+    return AmplifiedTeacher(encoder, **_settings(raa, "raa", RAA_KEYS))
 
 
 def build_aand(
@@ -37,17 +53,12 @@ def build_aand(
 ) -> AAND:
     """Full model; the student is sized from the teacher's channels and `backbone.student`."""
     teacher = teacher or build_amplified_teacher(backbone, raa, weights)
-    student_cfg = dict(backbone.get("student", {}))
-    student = Student(
-        teacher.channels,
-        block=student_cfg.get("block", "bottleneck"),
-        fusion_blocks=student_cfg.get("fusion_blocks", 3),
-        decoder_layers=tuple(student_cfg.get("decoder_layers", (3, 4, 6))),
-        width_per_group=student_cfg.get("width_per_group", 64),
-        fusion_width_per_group=student_cfg.get("fusion_width_per_group"),
+    student = _settings(
+        _settings(backbone, "backbone", ("student",))["student"], "backbone.student", STUDENT_KEYS
     )
-    fusion = MapFusion(anomaly_map.get("fusion", OFF), anomaly_map.get("fusion_draws", 8))
-    return AAND(teacher, student, build_anomaly_map(anomaly_map), fusion)
+    student["decoder_layers"] = tuple(student["decoder_layers"])
+    fusion = MapFusion(*_settings(anomaly_map, "anomaly_map", ("fusion", "fusion_draws")).values())
+    return AAND(teacher, Student(teacher.channels, **student), build_anomaly_map(anomaly_map), fusion)
 
 
 def build_anomaly_map(anomaly_map: Mapping[str, Any]) -> AnomalyMapGenerator:

@@ -73,9 +73,14 @@ class MapFusion(nn.Module):
     def calibrated(self) -> bool:
         return bool(torch.isfinite(self.stats).all() and torch.isfinite(self.weight))
 
+    @property
+    def setting(self) -> str | float:
+        """`anomaly_map.fusion` as parsed: off, auto or the fixed weight."""
+        return OFF if not self.enabled else (AUTO if self.fixed_weight is None else self.fixed_weight)
+
     def describe(self) -> dict[str, object]:
         """The setting, the weight in use and the normal statistics, as plain values (for metrics.json)."""
-        setting = OFF if not self.enabled else (AUTO if self.fixed_weight is None else self.fixed_weight)
+        setting = self.setting
         mean_a, std_a, mean_g, std_g = self.stats.tolist()
         return {
             "fusion": setting,

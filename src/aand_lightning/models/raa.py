@@ -57,10 +57,10 @@ class ResidualAnomalyAmplifier(nn.Module):
     def __init__(
         self,
         channels: int,
-        num_prototypes: int = 50,
-        temperature: float = 0.2,
-        max_hidden: int = 1024,
-        eps: float = 1e-8,
+        num_prototypes: int,
+        temperature: float,
+        max_hidden: int,
+        eps: float,
     ) -> None:
         super().__init__()
         hidden = min(2 * channels, max_hidden)

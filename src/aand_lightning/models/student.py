@@ -38,9 +38,9 @@ class MultiScaleFusion(nn.Module):
     def __init__(
         self,
         channels: list[int],
-        block: BlockKind = "bottleneck",
-        num_blocks: int = 3,
-        width_per_group: int = 64,
+        block: BlockKind,
+        num_blocks: int,
+        width_per_group: int,
     ) -> None:
         super().__init__()
         _check_block(block, width_per_group)
@@ -135,9 +135,9 @@ class Decoder(nn.Module):
         self,
         channels: list[int],
         in_channels: int,
-        block: BlockKind = "bottleneck",
-        layers: tuple[int, int, int] = (3, 4, 6),
-        width_per_group: int = 64,
+        block: BlockKind,
+        layers: tuple[int, int, int],
+        width_per_group: int,
     ) -> None:
         super().__init__()
         _check_block(block, width_per_group)
@@ -171,11 +171,11 @@ class Student(nn.Module):
     def __init__(
         self,
         channels: list[int],
-        block: BlockKind = "bottleneck",
-        fusion_blocks: int = 3,
-        decoder_layers: tuple[int, int, int] = (3, 4, 6),
-        width_per_group: int = 64,
-        fusion_width_per_group: int | None = None,
+        block: BlockKind,
+        fusion_blocks: int,
+        decoder_layers: tuple[int, int, int],
+        width_per_group: int,
+        fusion_width_per_group: int | None,
     ) -> None:
         super().__init__()
         fusion_width = width_per_group if fusion_width_per_group is None else fusion_width_per_group

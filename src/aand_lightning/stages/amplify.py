@@ -7,7 +7,7 @@ from torch import nn
 from torchmetrics.classification import BinaryPrecision
 
 from aand_lightning.data.batch import Batch
-from aand_lightning.models.amplified_teacher import AmplifiedTeacher
+from aand_lightning.models.amplified_teacher import AmplifiedTeacher, require_raa
 from aand_lightning.models.anomaly_map import AnomalyMapGenerator, mean_gate
 from aand_lightning.models.losses import AmplificationLoss
 from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
@@ -38,10 +38,7 @@ class AnomalyAmplification(AnomalyStage):
     ) -> None:
         super().__init__(optimizer, scheduler, fpr_limit, channels_last, compile)
         self.seed = seed
-        if not teacher.enabled:
-            raise ValueError(
-                "Stage 1 trains RAA, but raa.enabled=false; run stage=distill for the RD baseline."
-            )
+        require_raa(teacher.enabled, stage1=True)
         self.teacher = teacher
         self.loss = loss
         self.anomaly_map = anomaly_map or AnomalyMapGenerator()
