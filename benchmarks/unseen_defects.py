@@ -14,27 +14,13 @@ fused map's weighting, not a benchmark of AAND. MVTec layout, so it runs with `d
 from __future__ import annotations
 
 import argparse
-import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 from skimage.transform import swirl
 
-from aand_lightning.data.demo import (
-    _TRAIN_FRACTION,
-    CATEGORIES,
-    N_PER_DEFECT,
-    N_TEST_GOOD,
-    N_TRAIN,
-    _save,
-    _texture,
-    normal_view,
-)
-from aand_lightning.data.io import GOOD
-
-Defect = Callable[[np.ndarray, np.random.Generator, np.ndarray], tuple[np.ndarray, np.ndarray]]
+from aand_lightning.data.demo import CATEGORIES, DefectMaker, normal_view, write_category
 
 
 def _ellipse(size: int, rng: np.random.Generator, low: float, high: float) -> np.ndarray:
@@ -82,24 +68,7 @@ def _scale(image: np.ndarray, rng: np.random.Generator, source: np.ndarray) -> t
     return np.where(region[..., None], zoomed, image), region
 
 
-DEFECTS: dict[str, Defect] = {"blur": _blur, "swirl": _swirl, "tint": _tint, "scale": _scale}
-
-
-def write_category(folder: Path, category: str, seed: int, size: int) -> None:
-    """Normal images as the demo draws them; each test defect's mask is its whole changed region."""
-    rng = np.random.default_rng([seed, zlib.crc32(category.encode()), 1])
-    texture = _texture(category)
-    split_row = int(texture.shape[0] * _TRAIN_FRACTION)
-    train_part, test_part = texture[:split_row], texture[split_row:]
-    for index in range(N_TRAIN):
-        _save(folder / "train" / GOOD / f"{index:03d}.png", normal_view(train_part, rng, size))
-    for index in range(N_TEST_GOOD):
-        _save(folder / "test" / GOOD / f"{index:03d}.png", normal_view(test_part, rng, size))
-    for kind, make in DEFECTS.items():
-        for index in range(N_PER_DEFECT):
-            image, region = make(normal_view(test_part, rng, size), rng, test_part)
-            _save(folder / "test" / kind / f"{index:03d}.png", image)
-            _save(folder / "ground_truth" / kind / f"{index:03d}_mask.png", region.astype(np.uint8) * 255)
+DEFECTS: dict[str, DefectMaker] = {"blur": _blur, "swirl": _swirl, "tint": _tint, "scale": _scale}
 
 
 def main() -> None:
@@ -111,7 +80,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for category in CATEGORIES:
-        write_category(args.root / category, category, args.seed, args.size)
+        write_category(args.root / category, category, args.seed, args.size, DEFECTS, stream=(1,))
     print(f"Wrote {', '.join(CATEGORIES)} with defects {', '.join(DEFECTS)} to {args.root}")
 
 

@@ -13,8 +13,8 @@ import shutil
 import tempfile
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
-from functools import cache
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache, partial
 from pathlib import Path
 
 import cv2
@@ -133,9 +133,22 @@ def _save(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def _write_category(folder: Path, category: str, seed: int, size: int) -> None:
-    """All images and masks of one category, deterministic in (seed, category)."""
-    rng = np.random.default_rng([seed, zlib.crc32(category.encode())])
+# (normal view, rng, the test part of the texture) → (image with the defect, its mask)
+DefectMaker = Callable[[np.ndarray, np.random.Generator, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def write_category(
+    folder: Path,
+    category: str,
+    seed: int,
+    size: int,
+    defects: Mapping[str, DefectMaker] | None = None,
+    stream: tuple[int, ...] = (),
+) -> None:
+    """All images and masks of one category, deterministic in (seed, category, stream). `defects`
+    replaces the demo's own (benchmarks/unseen_defects.py draws other kinds on the same normal images)."""
+    makers = defects or {kind: partial(_demo_defect, kind) for kind in DEFECTS}
+    rng = np.random.default_rng([seed, zlib.crc32(category.encode()), *stream])
     texture = _texture(category)
     split_row = int(texture.shape[0] * _TRAIN_FRACTION)
     train_part, test_part = texture[:split_row], texture[split_row:]
@@ -143,11 +156,17 @@ def _write_category(folder: Path, category: str, seed: int, size: int) -> None:
         _save(folder / "train" / GOOD / f"{index:03d}.png", normal_view(train_part, rng, size))
     for index in range(N_TEST_GOOD):
         _save(folder / "test" / GOOD / f"{index:03d}.png", normal_view(test_part, rng, size))
-    for kind in DEFECTS:
+    for kind, make in makers.items():
         for index in range(N_PER_DEFECT):
-            image, mask = add_defect(normal_view(test_part, rng, size), kind, rng)
+            image, mask = make(normal_view(test_part, rng, size), rng, test_part)
             _save(folder / "test" / kind / f"{index:03d}.png", image)
             _save(folder / "ground_truth" / kind / f"{index:03d}_mask.png", mask.astype(np.uint8) * 255)
+
+
+def _demo_defect(
+    kind: str, image: np.ndarray, rng: np.random.Generator, _texture_part: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    return add_defect(image, kind, rng)
 
 
 def _marker(folder: Path) -> dict | None:
@@ -191,7 +210,7 @@ def ensure_category(root: Path, category: str, seed: int = 0, image_size: int = 
     workspace = Path(tempfile.mkdtemp(prefix=f".{category}-{os.getpid()}-", dir=root))
     try:
         built = workspace / category
-        _write_category(built, category, seed, image_size)
+        write_category(built, category, seed, image_size)
         (built / MARKER).write_text(json.dumps(settings))
         _install(built, target, settings)
     finally:
