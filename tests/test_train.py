@@ -44,9 +44,14 @@ def test_stage_all_writes_metrics_teacher_checkpoints_and_heatmaps(stage_all):
     assert [r["stage"] for r in combined] == ["amplify", "distill"]
 
 
-def test_distill_reuses_a_stage1_teacher(stage_all, train_at):
+def test_distill_from_a_stage1_teacher_is_the_same_run_as_stage2_of_stage_all(stage_all, train_at):
+    """Each stage starts from the seed: stage 2 must not depend on whether stage 1 ran just before it
+    (nor, so, on whether the teacher came from the cache)."""
     _, run_dir = train_at(stage_all.parent, "run_distill", "stage=distill", f"teacher_ckpt={stage_all}")
-    assert json.loads((run_dir / "distill" / "metrics.json").read_text())["stage"] == "distill"
+    alone = json.loads((run_dir / "distill" / "metrics.json").read_text())
+    after_stage1 = json.loads((stage_all / "distill" / "metrics.json").read_text())
+    assert alone["stage"] == "distill"
+    assert alone["metrics"] == pytest.approx(after_stage1["metrics"], abs=1e-6)
 
 
 def test_stage2_sweep_reuses_the_cached_stage1_teacher(stage_all, caplog, train_at):

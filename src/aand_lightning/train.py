@@ -192,9 +192,16 @@ def _run_stage(
     return record
 
 
+def _seed(cfg: DictConfig) -> None:
+    """Every stage starts from `cfg.seed`, so stage 2 in `stage=all` is the same run as `stage=distill`
+    from that stage 1's teacher, whether stage 1 trained just before or came from the cache."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
 def run_amplify(
     cfg: DictConfig, datamodule: AnomalyDataModule, run_dir: Path, ckpt_path: str | None
 ) -> tuple[Path, dict[str, Any]]:
+    _seed(cfg)
     teacher = build_amplified_teacher(cfg.backbone, cfg.raa)
     module = AnomalyAmplification(
         teacher,
@@ -222,6 +229,7 @@ def run_distill(
     teacher_path: Path | None,
     ckpt_path: str | None,
 ) -> dict:
+    _seed(cfg)
     textures = None  # the RD baseline has no stage 1, so no synthetic anomalies
     if cfg.raa.enabled:
         teacher, about = handoff.load_teacher(teacher_path, _plain(cfg.backbone), _plain(cfg.raa))
@@ -262,7 +270,7 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     check_config(cfg)
     stages = list(cfg.stage.run)
     (run_dir / FAILED).unlink(missing_ok=True)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    _seed(cfg)
     datamodule: AnomalyDataModule = instantiate(cfg.datamodule)
     datamodule.setup()  # lists and decodes every file now: bad data fails before a model is built
     resuming = cfg.ckpt_path is not None
