@@ -1,4 +1,8 @@
+import importlib
+import logging
 import os
+import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -78,6 +82,46 @@ def train_here(tmp: Path, name: str, *overrides: str) -> tuple[list, Path]:
 def train_at():
     """`train_here` itself, for tests that choose the folder (e.g. one shared with a module fixture)."""
     return train_here
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What a finished `python -m aand_lightning.<entry>` left: its exit status and its output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli_in_process(monkeypatch, capsys):
+    """`python -m aand_lightning.<entry> <args>` run by this process: the entry's real `main` (Hydra
+    parses `args` as the command line) in `cwd`, with stdout, stderr and the exit status captured.
+    Hydra's logging setup and its global state are undone afterwards."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    def run(entry: str, *args: str, cwd: Path) -> CliResult:
+        main = importlib.import_module(f"aand_lightning.{entry}").main
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", [f"aand_lightning/{entry}.py", *args])
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+        finally:
+            for handler in set(root.handlers) - set(handlers):
+                handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+            GlobalHydra.instance().clear()
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """What a user meets at the command line when something is wrong: one sentence, exit status 2, no
-traceback, and no run directory that looks finished or resumable; sweeps go on past a failed job."""
+traceback, and no run directory that looks finished or resumable; sweeps go on past a failed job.
+
+The entry points' real `main` runs in this process (`cli_in_process`); only the terminal case needs a
+process of its own, since its stdin must be a TTY."""
 
 import json
 import os
@@ -14,16 +17,8 @@ import torch
 from aand_lightning.data.demo import ensure_category
 
 
-def _cli(
-    module: str, *args: str, cwd: Path, env: dict | None = None, **kwargs
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"aand_lightning.{module}", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300, env=env, **kwargs,
-    )  # fmt: skip
-
-
-def _one_error_line(result: subprocess.CompletedProcess) -> str:
+def _one_error_line(result) -> str:
+    """The exit status is 2, and the output's last line, the only one starting `Error: `, is a sentence."""
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr + result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
@@ -31,9 +26,9 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-def test_train_error_is_one_line_and_leaves_no_run(tmp_path, smoke):
+def test_train_error_is_one_line_and_leaves_no_run(cli_in_process, tmp_path, smoke):
     run_dir = tmp_path / "run"
-    result = _cli("train", *smoke, "dataset.image_size=30", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = cli_in_process("train", *smoke, "dataset.image_size=30", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     line = _one_error_line(result)
     assert "dataset.image_size=30" in line and "multiple of 32" in line
     leftovers = {p.name for p in run_dir.iterdir()}
@@ -41,73 +36,79 @@ def test_train_error_is_one_line_and_leaves_no_run(tmp_path, smoke):
     assert json.loads((run_dir / "failed.json").read_text())["error"] == line.removeprefix("Error: ")
 
 
-def test_full_traceback_on_request(tmp_path, smoke):
-    env = os.environ | {"HYDRA_FULL_ERROR": "1"}
-    result = _cli(
-        "train", *smoke, "datamodule.batch_size=0", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, env=env
-    )
-    assert result.returncode != 0 and "Traceback" in result.stderr and "ConfigError" in result.stderr
+def test_full_traceback_on_request(cli_in_process, tmp_path, smoke, monkeypatch):
+    """With HYDRA_FULL_ERROR=1 the error is raised, not reduced to a line: Python prints its traceback."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(Exception, match="datamodule.batch_size") as raised:
+        cli_in_process("train", *smoke, "datamodule.batch_size=0", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert type(raised.value).__name__ == "ConfigError"
 
 
 @pytest.mark.parametrize("module", ["predict", "export"])
-def test_a_file_that_is_no_checkpoint_is_one_line(module, tmp_path):
+def test_a_file_that_is_no_checkpoint_is_one_line(module, cli_in_process, tmp_path):
     junk = tmp_path / "model.ckpt"
     junk.write_bytes(os.urandom(2048))
     args = [f"ckpt={junk}", f"input={tmp_path}"] if module == "predict" else [f"ckpt={junk}"]
-    line = _one_error_line(_cli(module, *args, cwd=tmp_path))
+    line = _one_error_line(cli_in_process(module, *args, cwd=tmp_path))
     assert str(junk) in line and "stage-2 checkpoint" in line and "weights_only" not in line
 
 
-def test_backbone_weights_that_are_no_weights_is_one_line(tmp_path, smoke):
+def test_backbone_weights_that_are_no_weights_is_one_line(cli_in_process, tmp_path, smoke):
     junk = tmp_path / "weights.pth"
     junk.write_bytes(os.urandom(2048))
     overrides = [*smoke, f"backbone.weights={junk}", "stage=distill", "raa=off"]
-    result = _cli(
-        "train",
-        *overrides,
-        f"dataset.root={tmp_path / 'demo'}",
-        f"hydra.run.dir={tmp_path / 'r'}",
-        cwd=tmp_path,
+    result = cli_in_process(
+        "train", *overrides, f"dataset.root={tmp_path / 'demo'}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
     )
     line = _one_error_line(result)
     assert str(junk) in line and "weights_only" not in line
 
 
-@pytest.mark.parametrize("tty", [False, True], ids=["no_tty", "tty"])
-def test_wandb_without_credentials_stops_before_training_and_never_prompts(tty, tmp_path, smoke):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env |= {"HOME": str(tmp_path), "NETRC": str(tmp_path / "no_netrc")}
-    overrides = [
-        *smoke,
-        "logger=wandb",
-        f"hydra.run.dir={tmp_path / 'r'}",
-        f"dataset.root={tmp_path / 'demo'}",
-    ]
-    if tty:  # a terminal on stdin, where wandb would otherwise wait at its login prompt
-        leader, follower = pty.openpty()
-        result = _cli("train", *overrides, cwd=tmp_path, env=env, stdin=follower)
-        os.close(leader)
-        os.close(follower)
-    else:
-        result = _cli("train", *overrides, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL)
-    line = _one_error_line(result)
+def _wandb_overrides(tmp_path: Path, smoke: tuple[str, ...]) -> list[str]:
+    return [*smoke, "logger=wandb", f"hydra.run.dir={tmp_path / 'r'}", f"dataset.root={tmp_path / 'demo'}"]
+
+
+def _assert_names_the_ways_out(line: str) -> None:
     for way_out in ("wandb login", "WANDB_MODE=offline", "logger=csv"):
         assert way_out in line
 
 
-def test_sweep_survives_a_failing_job_and_reports_it(tmp_path, smoke):
+def test_wandb_without_credentials_stops_before_training(cli_in_process, tmp_path, smoke, monkeypatch):
+    for key in [key for key in os.environ if key.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    _assert_names_the_ways_out(_one_error_line(cli_in_process("train", *_wandb_overrides(tmp_path, smoke), cwd=tmp_path)))
+
+
+def test_wandb_without_credentials_never_prompts_at_a_terminal(tmp_path, smoke):
+    """A terminal on stdin, where wandb would otherwise wait at its login prompt: a process of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env |= {"HOME": str(tmp_path), "NETRC": str(tmp_path / "no_netrc")}
+    leader, follower = pty.openpty()
+    result = subprocess.run(
+        [sys.executable, "-m", "aand_lightning.train", *_wandb_overrides(tmp_path, smoke)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env, stdin=follower,
+    )  # fmt: skip
+    os.close(leader)
+    os.close(follower)
+    _assert_names_the_ways_out(_one_error_line(result))
+
+
+def test_sweep_survives_a_failing_job_and_reports_it(cli_in_process, tmp_path, smoke, monkeypatch):
     """Two categories, one with no data: the other still runs, the summary has both rows, exit 1;
     with logger=wandb (offline) both jobs share the sweep's group and the summary is logged too."""
     good = ensure_category(tmp_path / "demo", "brick", image_size=64) / "train" / "good"
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "good_line").symlink_to(good, target_is_directory=True)
     sweep_dir = tmp_path / "sweep"
-    env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    result = _cli(
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = cli_in_process(
         "train", "-m", *smoke, "stage=all", "dataset=folder", "dataset.category=good_line,missing_line",
         f"dataset.train_dir={tmp_path / 'parts'}/${{dataset.category}}", "logger=wandb",
         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path, env=env,
+        cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
     summary = (sweep_dir / "summary.md").read_text()

@@ -29,6 +29,21 @@ def test_authors_protocol_selects_stops_and_hands_over_the_selected_teacher(trai
     assert stage1["protocol"] == "selected on test (authors)"
 
 
+def test_last_checkpoint_holds_the_selection_of_its_own_epoch(train_in_process):
+    """Validating every epoch, ModelCheckpoint records its best at the epoch's end: last.ckpt must be
+    written after that, or a run resumed from it forgets the best epoch and tests a worse one."""
+    _, run_dir = train_in_process(
+        "authors", "stage=distill", "raa=off", "protocol=authors", "protocol.check_val_every_n_epoch=1",
+        "trainer.limit_val_batches=1.0", "distill.epochs=1", "protocol.distill.min_epochs=1",
+    )  # fmt: skip
+    checkpoints = run_dir / "distill" / "checkpoints"
+    last = torch.load(checkpoints / LAST, weights_only=True)["callbacks"]
+    best = torch.load(checkpoints / "best.ckpt", weights_only=True)["callbacks"]
+    (key,) = [key for key in best if key.startswith("ModelCheckpoint")]
+    assert best[key]["best_model_score"] is not None
+    assert last[key]["best_model_score"] == best[key]["best_model_score"]
+
+
 def test_authors_protocol_uses_every_training_image(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate

@@ -67,7 +67,7 @@ def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> 
     protocol) also the epoch with the best `val/selection` (`best.ckpt`, which is then tested), and a
     stop once the test image AUROC passes `protocol.<stage>.stop_above`."""
     rule = cfg.protocol[stage_dir.name]
-    extra: list = [LastCheckpoint(stage_dir / "checkpoints")]
+    extra: list = []
     if cfg.datamodule.validate_on_test:
         best = _best_checkpoint(stage_dir)
         extra.append(
@@ -93,7 +93,9 @@ def _trainer(cfg: DictConfig, stage_dir: Path, epochs: int, callbacks: list) -> 
         check_val_every_n_epoch=cfg.protocol.check_val_every_n_epoch,
         default_root_dir=str(stage_dir),
         logger=_loggers(cfg),
-        callbacks=[*extra, *configured, *callbacks],
+        # last: Lightning runs checkpoint callbacks in list order, and last.ckpt must hold the state
+        # the others reach at this epoch's end (a ModelCheckpoint may update its best only then)
+        callbacks=[*extra, *configured, *callbacks, LastCheckpoint(stage_dir / "checkpoints")],
     )
 
 

@@ -17,7 +17,9 @@ class LastCheckpoint(Checkpoint):
     Lightning's `ModelCheckpoint(save_last=True)` writes `last.ckpt` only in a step where a top-k
     checkpoint was saved, so with `save_top_k=0` a killed run had nothing to resume from. The file is
     written under a temporary name and renamed, so a kill during the write leaves the previous epoch's
-    checkpoint intact. As a `Checkpoint` it runs after the LightningModule's own `on_train_epoch_end`.
+    checkpoint intact. As a `Checkpoint` it runs after the LightningModule's own `on_train_epoch_end`;
+    give it after every other checkpoint callback, so the state it saves includes their updates of this
+    epoch (a `ModelCheckpoint` that validates every epoch records its best only at the epoch's end).
     """
 
     def __init__(self, dirpath: str | Path) -> None:
