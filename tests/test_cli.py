@@ -28,7 +28,9 @@ def _one_error_line(result) -> str:
 
 def test_train_error_is_one_line_and_leaves_no_run(cli_in_process, tmp_path, smoke):
     run_dir = tmp_path / "run"
-    result = cli_in_process("train", *smoke, "dataset.image_size=30", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = cli_in_process(
+        "train", *smoke, "dataset.image_size=30", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
     line = _one_error_line(result)
     assert "dataset.image_size=30" in line and "multiple of 32" in line
     leftovers = {p.name for p in run_dir.iterdir()}
@@ -39,8 +41,10 @@ def test_train_error_is_one_line_and_leaves_no_run(cli_in_process, tmp_path, smo
 def test_full_traceback_on_request(cli_in_process, tmp_path, smoke, monkeypatch):
     """With HYDRA_FULL_ERROR=1 the error is raised, not reduced to a line: Python prints its traceback."""
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
-    with pytest.raises(Exception, match="datamodule.batch_size") as raised:
-        cli_in_process("train", *smoke, "datamodule.batch_size=0", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    with pytest.raises(Exception, match=r"datamodule\.batch_size") as raised:
+        cli_in_process(
+            "train", *smoke, "datamodule.batch_size=0", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+        )
     assert type(raised.value).__name__ == "ConfigError"
 
 
@@ -58,7 +62,11 @@ def test_backbone_weights_that_are_no_weights_is_one_line(cli_in_process, tmp_pa
     junk.write_bytes(os.urandom(2048))
     overrides = [*smoke, f"backbone.weights={junk}", "stage=distill", "raa=off"]
     result = cli_in_process(
-        "train", *overrides, f"dataset.root={tmp_path / 'demo'}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+        "train",
+        *overrides,
+        f"dataset.root={tmp_path / 'demo'}",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
     )
     line = _one_error_line(result)
     assert str(junk) in line and "weights_only" not in line
@@ -78,7 +86,9 @@ def test_wandb_without_credentials_stops_before_training(cli_in_process, tmp_pat
         monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
-    _assert_names_the_ways_out(_one_error_line(cli_in_process("train", *_wandb_overrides(tmp_path, smoke), cwd=tmp_path)))
+    _assert_names_the_ways_out(
+        _one_error_line(cli_in_process("train", *_wandb_overrides(tmp_path, smoke), cwd=tmp_path))
+    )
 
 
 def test_wandb_without_credentials_never_prompts_at_a_terminal(tmp_path, smoke):

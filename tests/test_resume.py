@@ -29,11 +29,9 @@ def _overrides(*extra: str) -> list[str]:
 
 
 def _arguments(smoke: tuple[str, ...], tmp: Path, run_dir: Path, *extra: str) -> list[str]:
-    """The train CLI's arguments for `_overrides`, with what `train_at` sets for the run dir, data and caches."""
-    return [
-        *smoke, f"dataset.root={tmp / 'demo'}", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}",
-        *_overrides(*extra),
-    ]  # fmt: skip
+    """The train CLI's arguments for `_overrides`, with the run dir, data and caches `train_at` sets."""
+    paths = [f"dataset.root={tmp / 'demo'}", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}"]
+    return [*smoke, *paths, *_overrides(*extra)]
 
 
 def _kill_while_training(command: list[str], cwd: Path, stage_dir: Path) -> int:
@@ -72,7 +70,12 @@ def _kill_while_training(command: list[str], cwd: Path, stage_dir: Path) -> int:
 def test_run_killed_in_each_stage_resumes_to_the_same_metrics(overrides, tmp_path, smoke, train_at, caplog):
     _, reference_dir = train_at(tmp_path, "reference", *_overrides(*overrides))
     resumed_dir = tmp_path / "resumed"
-    command = [sys.executable, "-m", "aand_lightning.train", *_arguments(smoke, tmp_path, resumed_dir, *overrides)]
+    command = [
+        sys.executable,
+        "-m",
+        "aand_lightning.train",
+        *_arguments(smoke, tmp_path, resumed_dir, *overrides),
+    ]
     stages = ["amplify", "distill"] if "stage=all" in overrides else ["distill"]
 
     _kill_while_training(command, tmp_path, resumed_dir / stages[0])
