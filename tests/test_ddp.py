@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from aand_lightning.callbacks.last_checkpoint import LAST
+
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
@@ -33,31 +35,45 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ddp")
 
 
-def test_ddp_and_single_process_evaluation_agree(workdir, smoke, train_at):
-    """Same untrained model (same seed), test set split over 2 ranks without padding duplicates."""
-    overrides = ["stage=distill", "raa=off", "++trainer.limit_train_batches=0"]
-    _, single = train_at(workdir, "single", "trainer=cpu", *overrides)
-    a, b = _metrics(single), _metrics(_train_ddp(smoke, workdir, "ddp_eval", *overrides))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert b[key] == pytest.approx(a[key], abs=1e-5), key  # stated tolerance: 1e-5 (float32 reductions)
+OVERRIDES = ["stage=all", "distill.epochs=2", "logger=csv", "++trainer.limit_train_batches=2"]
 
 
-def test_ddp_stage_all_hands_over_the_teacher_writes_once_and_caches_per_rank(workdir, smoke):
-    """Stage 1 hands its teacher to stage 2 inside the process group, rank 0 alone writes, and each rank
-    fills its own stage-2 feature cache with the items it sees (a different share every epoch): the
-    metrics equal those of the same DDP run without the cache (its stage 1 comes from the teacher
-    cache, which per-stage seeding makes the same stage-2 run)."""
-    overrides = ["stage=all", "distill.epochs=2", "logger=csv", "++trainer.limit_train_batches=2"]
-    on = _train_ddp(smoke, workdir, "ddp_all", *overrides)
-    assert (on / "amplify" / "teacher.pt").is_file()
-    records = json.loads((on / "metrics.json").read_text())
+@pytest.fixture(scope="module")
+def ddp_run(workdir, smoke) -> Path:
+    """Both stages in 2 processes, the stage-2 feature cache on (the default)."""
+    return _train_ddp(smoke, workdir, "ddp_all", *OVERRIDES)
+
+
+def test_ddp_stage_all_hands_over_the_teacher_and_writes_once(ddp_run, workdir):
+    assert (ddp_run / "amplify" / "teacher.pt").is_file()
+    records = json.loads((ddp_run / "metrics.json").read_text())
     assert [r["stage"] for r in records] == ["amplify", "distill"]
     assert not (workdir / "outputs").exists() and not (workdir / "lightning_logs").exists()
-    assert len(list((on / "distill" / "csv").glob("version_*"))) == 1  # one logger dir, rank 0 only
-    logs = [path.read_text() for path in sorted(on.glob("train*.log"))]
-    assert len(logs) == 2 and all("Stage-2 feature cache on" in log for log in logs)  # both ranks cached
+    assert len(list((ddp_run / "distill" / "csv").glob("version_*"))) == 1  # one logger dir, rank 0 only
 
-    off = _train_ddp(smoke, workdir, "ddp_all_uncached", *overrides, "distill.feature_cache.enabled=false")
+
+def test_each_rank_caches_what_it_sees_and_the_metrics_are_the_uncached_ones(ddp_run, workdir, smoke):
+    """Each rank fills its own stage-2 feature cache with the items it sees (a different share every
+    epoch); the metrics equal those of the same DDP run without the cache (its stage 1 comes from the
+    teacher cache, which per-stage seeding makes the same stage-2 run)."""
+    logs = [path.read_text() for path in sorted(ddp_run.glob("train*.log"))]
+    assert len(logs) == 2 and all("Stage-2 feature cache on" in log for log in logs)  # both ranks cached
+    off = _train_ddp(smoke, workdir, "ddp_all_uncached", *OVERRIDES, "distill.feature_cache.enabled=false")
     assert "cached_from" in json.loads((off / "metrics.json").read_text())[0]  # stage 1 was not trained again
-    assert _metrics(on) == _metrics(off)
+    assert _metrics(ddp_run) == _metrics(off)
+
+
+def test_ddp_evaluation_scores_what_one_process_scores(ddp_run, workdir, train_at):
+    """The test set split over 2 ranks (no padding duplicates): the DDP-trained model, evaluated again by
+    one process from its last checkpoint, gets the metrics the 2 ranks reported."""
+    checkpoint = ddp_run / "distill" / "checkpoints" / LAST
+    _, single = train_at(
+        workdir, "single_eval", "trainer=cpu", "stage=distill", f"teacher_ckpt={ddp_run}",
+        "distill.epochs=2", f"ckpt_path={checkpoint}",
+    )  # fmt: skip
+    record = json.loads((single / "distill" / "metrics.json").read_text())
+    assert record["performance"]["resumed_from"] == str(checkpoint)  # restored at its last epoch: no training
+    a, b = record["metrics"], _metrics(ddp_run)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], abs=1e-5), key  # stated tolerance: 1e-5 (float32 reductions)
