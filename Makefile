@@ -23,8 +23,8 @@ install: $(STAMP) ## Create the virtualenv (if missing) and install the project 
 demo: install ## Both stages + test on the generated demo data, pretrained teacher, offline; prints the table
 	$(PY) -m aand_lightning.train -m experiment=demo
 
-test: install ## Run the default test suite (slow tests excluded)
-	$(PY) -m pytest -m "not slow"
+test: install ## Run the default test suite (slow tests excluded), one worker per core
+	$(PY) -m pytest -m "not slow" -n auto --dist loadfile
 
 test-slow: install ## Run only the slow tests
 	$(PY) -m pytest -m slow

@@ -17,6 +17,10 @@ from aand_lightning.models.build import build_aand
 from aand_lightning.models.losses import HardKnowledgeDistillationLoss
 from aand_lightning.stages import NormalityDistillation
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n N`: the workers share the cores, one thread each
+    os.environ["OMP_NUM_THREADS"] = "1"  # and so do the processes tests start (CLI runs, DDP ranks)
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def stage2_checkpoint(tmp_path_factory) -> Path:
