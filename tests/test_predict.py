@@ -1,4 +1,6 @@
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,20 @@ def test_predict_folder_writes_overlays_masks_and_scores(stage2_checkpoint, demo
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 25
     with pytest.warns(UserWarning, match="broken.png"):
         run(_cfg(stage2_checkpoint, tmp_path, tmp_path / "out2"))
+
+
+def test_predict_cli_end_to_end(stage2_checkpoint, demo_root, tmp_path):
+    """The predict entry point's smoke test, as a user runs it: its own process, the composed config."""
+    good = demo_root / "brick" / "test" / "good"
+    command = [
+        sys.executable, "-m", "aand_lightning.predict", f"ckpt={stage2_checkpoint}", f"input={good}",
+        f"output={tmp_path / 'out'}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "out" / "scores.csv").open()))
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in find_images(good))
+    assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == len(rows)
 
 
 def test_threshold_modes(stage2_checkpoint, demo_root):
