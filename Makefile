@@ -24,7 +24,7 @@ demo: install ## Both stages + test on the generated demo data, pretrained teach
 	$(PY) -m aand_lightning.train -m experiment=demo
 
 test: install ## Run the default test suite (slow tests excluded), one worker per core
-	$(PY) -m pytest -m "not slow" -n auto --dist loadfile
+	$(PY) -m pytest -m "not slow" -n auto --dist loadfile --durations=15
 
 test-slow: install ## Run only the slow tests
 	$(PY) -m pytest -m slow

@@ -7,6 +7,10 @@ split is then only scored, for the paper's map, the gate map, the fused map with
 and fused maps with fixed weights beside it. Nothing is chosen on the test split: the table is there
 to judge the rule, not to tune it.
 
+One candidate rule that uses no synthetic anomaly is scored beside them (`excess`): the gate only adds
+what it shows beyond its own maximum on the normal validation images, F = A + max(0, Ĝ − max_val Ĝ),
+with Ĝ the gate map in A's normal units (the w = 1 map).
+
   python benchmarks/fusion_weights.py multirun/<sweep> [more sweeps] [--weights 0.25 0.5 0.75]
 """
 
@@ -75,6 +79,11 @@ def evaluate(job: Path, weights: list[float], fpr_limit: float) -> tuple[str, li
         fusion.calibrate(val["aand"], val["gate"], anomalous)
         label = f"fused, w={setting}" if setting != AUTO else f"fused, auto (w={float(fusion.weight):.2f})"
         rows.append((label, metrics(fusion(test["aand"], test["gate"]), test, fpr_limit)))
+    normalised = MapFusion(1.0)
+    normalised.calibrate(val["aand"], val["gate"])
+    normal_max = normalised(val["aand"], val["gate"]).max()
+    excess = test["aand"] + torch.relu(normalised(test["aand"], test["gate"]) - normal_max)
+    rows.append(("fused, excess", metrics(excess, test, fpr_limit)))
     title = f"{datamodule.category} ({config['backbone']['name']}, weights={config['backbone']['weights']})"
     return title, rows
 
