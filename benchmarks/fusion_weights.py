@@ -66,9 +66,12 @@ def metrics(maps: torch.Tensor, test: dict[str, torch.Tensor], fpr_limit: float)
     return {name: float(value) for name, value in metric.compute().items()}
 
 
-def evaluate(job: Path, weights: list[float], fpr_limit: float) -> tuple[str, list[tuple[str, dict]]]:
-    """(title, [(map label, metrics)]) of one job; every fusion is calibrated on validation images only."""
+def evaluate(job: Path, weights: list[float], fpr_limit: float) -> tuple[str, list[tuple[str, dict]]] | None:
+    """(title, [(map label, metrics)]) of one job; every fusion is calibrated on validation images only.
+    None for an RD job (no RAA, so no gate map), as a benchmark sweep has beside the AAND ones."""
     model, config = load_model(job / "distill" / "checkpoints" / "last.ckpt")
+    if not config["raa"]["enabled"]:
+        return None
     datamodule = job_datamodule(job)
     val, test = component_maps(model, datamodule, "val"), component_maps(model, datamodule, "test")
     draws = datamodule.synthetic_draws(datamodule.val_samples, model.fusion.draws)
@@ -106,7 +109,10 @@ def main() -> None:
         lines = [f"## {sweep}", "", "| category | map | " + " | ".join(COLUMNS) + " |", "|" + "---|" * 6]
         means: dict[str, list[list[float]]] = {}
         for job in jobs:
-            title, rows = evaluate(job, args.weights, args.fpr_limit)
+            evaluated = evaluate(job, args.weights, args.fpr_limit)
+            if evaluated is None:
+                continue
+            title, rows = evaluated
             for label, values in rows:
                 key = label.split(" (w=")[0]
                 means.setdefault(key, []).append([values[c] for c in COLUMNS])
