@@ -78,9 +78,16 @@ def main() -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--test-from-train-part", action="store_true",
+        help="crop test images from the train part of each photo (test normals like validation ones)",
+    )  # fmt: skip
     args = parser.parse_args()
     for category in CATEGORIES:
-        write_category(args.root / category, category, args.seed, args.size, DEFECTS, stream=(1,))
+        write_category(
+            args.root / category, category, args.seed, args.size, DEFECTS, stream=(1,),
+            test_from_train_part=args.test_from_train_part,
+        )  # fmt: skip
     print(f"Wrote {', '.join(CATEGORIES)} with defects {', '.join(DEFECTS)} to {args.root}")
 
 

@@ -144,14 +144,19 @@ def write_category(
     size: int,
     defects: Mapping[str, DefectMaker] | None = None,
     stream: tuple[int, ...] = (),
+    test_from_train_part: bool = False,
 ) -> None:
     """All images and masks of one category, deterministic in (seed, category, stream). `defects`
-    replaces the demo's own (benchmarks/unseen_defects.py draws other kinds on the same normal images)."""
+    replaces the demo's own (benchmarks/unseen_defects.py draws other kinds on the same normal images).
+    `test_from_train_part` crops the test images from the train part of the photo too, so that test
+    normals come from the distribution of the train and validation ones (the demo keeps them apart)."""
     makers = defects or {kind: partial(_demo_defect, kind) for kind in DEFECTS}
     rng = np.random.default_rng([seed, zlib.crc32(category.encode()), *stream])
     texture = _texture(category)
     split_row = int(texture.shape[0] * _TRAIN_FRACTION)
     train_part, test_part = texture[:split_row], texture[split_row:]
+    if test_from_train_part:
+        test_part = train_part
     for index in range(N_TRAIN):
         _save(folder / "train" / GOOD / f"{index:03d}.png", normal_view(train_part, rng, size))
     for index in range(N_TEST_GOOD):
