@@ -127,3 +127,18 @@ def test_config_builds_the_demo(dataset_config, demo_root):
     assert tuple(cfg.dataset.categories) == demo.CATEGORIES and cfg.dataset.image_size == 128
     assert dict(cfg.dataset.foreground_rules) == {"default": {"kind": "whole"}}
     assert dataset_config("demo", Path("/data")).dataset.root == "/data/aand_demo"
+
+
+@pytest.mark.parametrize("test_from_train_part", [False, True])
+def test_test_crops_come_from_the_part_asked_for(test_from_train_part, tmp_path, monkeypatch):
+    """Train crops come from the top of the photo; test crops from the rest, or (for the fusion check
+    of benchmarks/unseen_defects.py) from the same top part as the train ones."""
+    rows: list[int] = []
+    monkeypatch.setattr(demo, "normal_view", lambda source, rng, size: rows.append(len(source)) or
+                        normal_view(source, rng, size))  # fmt: skip
+    demo.write_category(tmp_path, "brick", 0, 32, test_from_train_part=test_from_train_part)
+    train_rows, test_rows = rows[: demo.N_TRAIN], rows[demo.N_TRAIN :]
+    assert len(set(train_rows)) == 1 and len(test_rows) == demo.N_TEST_GOOD + len(DEFECTS) * demo.N_PER_DEFECT
+    assert set(test_rows) == (
+        set(train_rows) if test_from_train_part else {len(demo._texture("brick")) - train_rows[0]}
+    )
