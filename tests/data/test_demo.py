@@ -133,9 +133,13 @@ def test_config_builds_the_demo(dataset_config, demo_root):
 def test_test_crops_come_from_the_part_asked_for(test_from_train_part, tmp_path, monkeypatch):
     """Train crops come from the top of the photo; test crops from the rest, or (for the fusion check
     of benchmarks/unseen_defects.py) from the same top part as the train ones."""
-    rows: list[int] = []
-    monkeypatch.setattr(demo, "normal_view", lambda source, rng, size: rows.append(len(source)) or
-                        normal_view(source, rng, size))  # fmt: skip
+    rows: list[int] = []  # the height of the photo part each normal view is cropped from
+
+    def recording_view(source: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+        rows.append(len(source))
+        return normal_view(source, rng, size)
+
+    monkeypatch.setattr(demo, "normal_view", recording_view)
     demo.write_category(tmp_path, "brick", 0, 32, test_from_train_part=test_from_train_part)
     train_rows, test_rows = rows[: demo.N_TRAIN], rows[demo.N_TRAIN :]
     assert len(set(train_rows)) == 1 and len(test_rows) == demo.N_TEST_GOOD + len(DEFECTS) * demo.N_PER_DEFECT
