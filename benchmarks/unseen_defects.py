@@ -14,6 +14,7 @@ fused map's weighting, not a benchmark of AAND. MVTec layout, so it runs with `d
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import cv2
@@ -82,13 +83,38 @@ def main() -> None:
         "--test-from-train-part", action="store_true",
         help="crop test images from the train part of each photo (test normals like validation ones)",
     )  # fmt: skip
+    parser.add_argument(
+        "--test-sets", type=int, default=1,
+        help="draw the test split this many times (more test images, finer metrics; same train split)",
+    )  # fmt: skip
+    parser.add_argument("--demo-defects", action="store_true", help="the demo's own defect kinds instead")
     args = parser.parse_args()
+    defects = None if args.demo_defects else DEFECTS
     for category in CATEGORIES:
-        write_category(
-            args.root / category, category, args.seed, args.size, DEFECTS, stream=(1,),
-            test_from_train_part=args.test_from_train_part,
-        )  # fmt: skip
-    print(f"Wrote {', '.join(CATEGORIES)} with defects {', '.join(DEFECTS)} to {args.root}")
+        for part in range(args.test_sets):
+            _write_part(args, category, defects, part)
+    kinds = "the demo's" if args.demo_defects else ", ".join(DEFECTS)
+    print(f"Wrote {', '.join(CATEGORIES)} with defects {kinds} to {args.root}")
+
+
+def _write_part(args: argparse.Namespace, category: str, defects: dict | None, part: int) -> None:
+    """Part 0 is the whole category; each further part is another draw of the test split, whose images
+    and masks join part 0's under a `p<part>_` prefix."""
+    target = args.root / category
+    folder = target if part == 0 else args.root / f".part{part}" / category
+    stream = (1,) if part == 0 else (1, part)
+    write_category(
+        folder, category, args.seed, args.size, defects, stream=stream,
+        test_from_train_part=args.test_from_train_part,
+    )  # fmt: skip
+    if part == 0:
+        return
+    for split in ("test", "ground_truth"):
+        for path in sorted((folder / split).rglob("*.png")):
+            destination = target / split / path.parent.name / f"p{part}_{path.name}"
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(destination)
+    shutil.rmtree(folder.parent)
 
 
 if __name__ == "__main__":
