@@ -89,6 +89,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--demo-defects", action="store_true", help="the demo's own defect kinds instead")
     args = parser.parse_args()
+    if args.test_sets < 1:
+        parser.error(f"--test-sets {args.test_sets} draws no test split; pass 1 or more.")
     defects = None if args.demo_defects else DEFECTS
     for category in CATEGORIES:
         for part in range(args.test_sets):

@@ -52,6 +52,19 @@ def smoke() -> tuple[str, ...]:
     return tuple(SMOKE)
 
 
+def run_arguments(tmp: Path, run_dir: Path, *overrides: str) -> list[str]:
+    """The train command line of the smoke run in `run_dir`, with demo data and caches under `tmp`
+    (what `train_here` composes in-process, and what tests that need a process of their own run)."""
+    paths = [f"dataset.root={tmp / 'demo'}", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}"]
+    return [*SMOKE, *paths, *overrides]
+
+
+@pytest.fixture(scope="session")
+def cli_arguments():
+    """`run_arguments` itself: (tmp, run dir, *overrides) → the train CLI's arguments."""
+    return run_arguments
+
+
 def train_here(tmp: Path, name: str, *overrides: str) -> tuple[list, Path]:
     """`python -m aand_lightning.train <overrides>` in this process: composes the real config with Hydra,
     sets the Hydra runtime (run dir `tmp/name`, demo data and caches under `tmp`) and calls `train.run`;
@@ -69,12 +82,9 @@ def train_here(tmp: Path, name: str, *overrides: str) -> tuple[list, Path]:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             cfg = compose(
                 "train",
-                overrides=[
-                    *SMOKE, f"dataset.root={tmp / 'demo'}", f"paths.cache_dir={tmp / 'cache'}",
-                    f"hydra.run.dir={run_dir}", f"hydra.runtime.output_dir={run_dir}", *overrides,
-                ],
+                overrides=run_arguments(tmp, run_dir, f"hydra.runtime.output_dir={run_dir}", *overrides),
                 return_hydra_config=True,
-            )  # fmt: skip
+            )
         HydraConfig.instance().set_config(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
         return train.run(cfg, run_dir), run_dir

@@ -1,6 +1,6 @@
 """DDP on CPU (gloo, 2 processes) through the real CLI; an in-process ddp would relaunch pytest.
 
-The runs start from the smallest real run (`smoke`), on the full trainer (`trainer=cpu` or `ddp`)."""
+The runs start from the smallest real run (`cli_arguments`), on the full trainer (`trainer=cpu` or `ddp`)."""
 
 import json
 import subprocess
@@ -14,13 +14,10 @@ from aand_lightning.callbacks.last_checkpoint import LAST
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
-def _train_ddp(smoke: tuple[str, ...], cwd: Path, name: str, *overrides: str) -> Path:
+def _train_ddp(cli_arguments, cwd: Path, name: str, *overrides: str) -> Path:
     """The train CLI in 2 gloo processes, with the data, caches and run dir `train_at` would use."""
     run_dir = cwd / name
-    command = [
-        sys.executable, "-m", "aand_lightning.train", *smoke, f"dataset.root={cwd / 'demo'}",
-        f"paths.cache_dir={cwd / 'cache'}", f"hydra.run.dir={run_dir}", *DDP, *overrides,
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "aand_lightning.train", *cli_arguments(cwd, run_dir, *DDP, *overrides)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
@@ -39,9 +36,9 @@ OVERRIDES = ["stage=all", "distill.epochs=2", "logger=csv", "++trainer.limit_tra
 
 
 @pytest.fixture(scope="module")
-def ddp_run(workdir, smoke) -> Path:
+def ddp_run(workdir, cli_arguments) -> Path:
     """Both stages in 2 processes, the stage-2 feature cache on (the default)."""
-    return _train_ddp(smoke, workdir, "ddp_all", *OVERRIDES)
+    return _train_ddp(cli_arguments, workdir, "ddp_all", *OVERRIDES)
 
 
 def test_ddp_stage_all_hands_over_the_teacher_and_writes_once(ddp_run, workdir):
@@ -52,13 +49,15 @@ def test_ddp_stage_all_hands_over_the_teacher_and_writes_once(ddp_run, workdir):
     assert len(list((ddp_run / "distill" / "csv").glob("version_*"))) == 1  # one logger dir, rank 0 only
 
 
-def test_each_rank_caches_what_it_sees_and_the_metrics_are_the_uncached_ones(ddp_run, workdir, smoke):
+def test_each_rank_caches_what_it_sees_and_the_metrics_are_the_uncached_ones(ddp_run, workdir, cli_arguments):
     """Each rank fills its own stage-2 feature cache with the items it sees (a different share every
     epoch); the metrics equal those of the same DDP run without the cache (its stage 1 comes from the
     teacher cache, which per-stage seeding makes the same stage-2 run)."""
     logs = [path.read_text() for path in sorted(ddp_run.glob("train*.log"))]
     assert len(logs) == 2 and all("Stage-2 feature cache on" in log for log in logs)  # both ranks cached
-    off = _train_ddp(smoke, workdir, "ddp_all_uncached", *OVERRIDES, "distill.feature_cache.enabled=false")
+    off = _train_ddp(
+        cli_arguments, workdir, "ddp_all_uncached", *OVERRIDES, "distill.feature_cache.enabled=false"
+    )
     assert "cached_from" in json.loads((off / "metrics.json").read_text())[0]  # stage 1 was not trained again
     assert _metrics(ddp_run) == _metrics(off)
 

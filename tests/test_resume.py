@@ -28,12 +28,6 @@ def _overrides(*extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _arguments(smoke: tuple[str, ...], tmp: Path, run_dir: Path, *extra: str) -> list[str]:
-    """The train CLI's arguments for `_overrides`, with the run dir, data and caches `train_at` sets."""
-    paths = [f"dataset.root={tmp / 'demo'}", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}"]
-    return [*smoke, *paths, *_overrides(*extra)]
-
-
 def _kill_while_training(command: list[str], cwd: Path, stage_dir: Path) -> int:
     """Start a run and SIGKILL it as soon as the stage's first epoch checkpoint exists; returns the epoch
     of the checkpoint left on disk, which must be one before the last (the kill came while training)."""
@@ -67,14 +61,16 @@ def _kill_while_training(command: list[str], cwd: Path, stage_dir: Path) -> int:
         ),
     ],
 )
-def test_run_killed_in_each_stage_resumes_to_the_same_metrics(overrides, tmp_path, smoke, train_at, caplog):
+def test_run_killed_in_each_stage_resumes_to_the_same_metrics(
+    overrides, tmp_path, cli_arguments, train_at, caplog
+):
     _, reference_dir = train_at(tmp_path, "reference", *_overrides(*overrides))
     resumed_dir = tmp_path / "resumed"
     command = [
         sys.executable,
         "-m",
         "aand_lightning.train",
-        *_arguments(smoke, tmp_path, resumed_dir, *overrides),
+        *cli_arguments(tmp_path, resumed_dir, *_overrides(*overrides)),
     ]
     stages = ["amplify", "distill"] if "stage=all" in overrides else ["distill"]
 
@@ -94,9 +90,9 @@ def test_run_killed_in_each_stage_resumes_to_the_same_metrics(overrides, tmp_pat
         assert resumed == pytest.approx(reference, abs=1e-6), stage
 
 
-def test_resume_without_a_checkpoint_names_the_directory(tmp_path, smoke, cli_in_process):
+def test_resume_without_a_checkpoint_names_the_directory(tmp_path, cli_arguments, cli_in_process):
     run_dir = tmp_path / "never_ran"
-    arguments = _arguments(smoke, tmp_path, run_dir, "stage=distill", "raa=off", "ckpt_path=last")
+    arguments = cli_arguments(tmp_path, run_dir, *_overrides("stage=distill", "raa=off", "ckpt_path=last"))
     result = cli_in_process("train", *arguments, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

@@ -13,15 +13,12 @@ from aand_lightning.handoff import TeacherArtifactError, load_teacher
 
 
 @pytest.fixture(scope="module")
-def stage_all(tmp_path_factory, smoke) -> Path:
+def stage_all(tmp_path_factory, cli_arguments) -> Path:
     """The train CLI's end-to-end smoke run (a subprocess): both stages, csv logger, three heatmaps."""
     tmp = tmp_path_factory.mktemp("cli")
     run_dir = tmp / "run_all"
-    command = [
-        sys.executable, "-m", "aand_lightning.train", *smoke, "logger=csv", "evaluation.heatmaps=3",
-        f"dataset.root={tmp / 'demo'}", f"paths.cache_dir={tmp / 'cache'}", f"hydra.run.dir={run_dir}",
-        "stage=all",
-    ]  # fmt: skip
+    arguments = cli_arguments(tmp, run_dir, "logger=csv", "evaluation.heatmaps=3", "stage=all")
+    command = [sys.executable, "-m", "aand_lightning.train", *arguments]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
