@@ -4,12 +4,9 @@ For each job of a sweep (`<job>/distill/checkpoints/last.ckpt`), the model's map
 validation images, and its gate on synthetic anomalies drawn on them, calibrate the fusion exactly as
 training does (the statistics, and the weight that `anomaly_map.fusion=auto` chooses). The test
 split is then only scored, for the paper's map, the gate map, the fused map with the rule's weight,
-and fused maps with fixed weights beside it. Nothing is chosen on the test split: the table is there
-to judge the rule, not to tune it.
-
-One candidate rule that uses no synthetic anomaly is scored beside them (`excess`): the gate only adds
-what it shows beyond its own maximum on the normal validation images, F = A + max(0, Ĝ − max_val Ĝ),
-with Ĝ the gate map in A's normal units (the w = 1 map).
+and fused maps with fixed weights beside it; as in the model, a fused map's images are scored by the
+paper's map (`fusion.scored_map`). Nothing is chosen on the test split: the table is there to judge
+the rule, not to tune it.
 
   python benchmarks/fusion_weights.py multirun/<sweep> [more sweeps] [--weights 0.25 0.5 0.75]
 """
@@ -30,7 +27,7 @@ from aand_lightning.data.datamodule import AnomalyDataModule
 from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics
 from aand_lightning.models.aand import AAND
 from aand_lightning.models.anomaly_map import image_scores
-from aand_lightning.models.fusion import AUTO, MapFusion
+from aand_lightning.models.fusion import AUTO, MapFusion, scored_map
 from aand_lightning.stages.distill import anomalous_gate_values
 
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "per_image_pro")
@@ -60,10 +57,11 @@ def component_maps(model: AAND, datamodule: AnomalyDataModule, split: str) -> di
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
-def metrics(maps: torch.Tensor, test: dict[str, torch.Tensor], fpr_limit: float) -> dict[str, float]:
+def metrics(maps: dict[str, torch.Tensor], name: str, fpr_limit: float) -> dict[str, float]:
+    """The metrics of map `name` of the test split `maps` (scored as the model scores it)."""
     metric = AnomalyMetrics(fpr_limit=fpr_limit)
-    metric.update(image_scores(maps), test["label"], maps[:, 0], test["mask"])
-    return {name: float(value) for name, value in metric.compute().items()}
+    metric.update(image_scores(maps[scored_map(name)]), maps["label"], maps[name][:, 0], maps["mask"])
+    return {key: float(value) for key, value in metric.compute().items()}
 
 
 def evaluate(job: Path, weights: list[float], fpr_limit: float) -> tuple[str, list[tuple[str, dict]]] | None:
@@ -76,17 +74,14 @@ def evaluate(job: Path, weights: list[float], fpr_limit: float) -> tuple[str, li
     val, test = component_maps(model, datamodule, "val"), component_maps(model, datamodule, "test")
     draws = datamodule.synthetic_draws(datamodule.val_samples, model.fusion.draws)
     anomalous = anomalous_gate_values(model, draws, torch.device("cpu"))
-    rows = [(name, metrics(test[name], test, fpr_limit)) for name in ("aand", "gate")]
+    rows = [(name, metrics(test, name, fpr_limit)) for name in ("aand", "gate")]
     for setting in (AUTO, *weights):
         fusion = MapFusion(setting)
         fusion.calibrate(val["aand"], val["gate"], anomalous)
         label = f"fused, w={setting}" if setting != AUTO else f"fused, auto (w={float(fusion.weight):.2f})"
-        rows.append((label, metrics(fusion(test["aand"], test["gate"]), test, fpr_limit)))
-    normalised = MapFusion(1.0)
-    normalised.calibrate(val["aand"], val["gate"])
-    normal_max = normalised(val["aand"], val["gate"]).max()
-    excess = test["aand"] + torch.relu(normalised(test["aand"], test["gate"]) - normal_max)
-    rows.append(("fused, excess", metrics(excess, test, fpr_limit)))
+        rows.append(
+            (label, metrics({**test, "fused": fusion(test["aand"], test["gate"])}, "fused", fpr_limit))
+        )
     title = f"{datamodule.category} ({config['backbone']['name']}, weights={config['backbone']['weights']})"
     return title, rows
 

@@ -51,3 +51,22 @@ def test_a_checkpoint_without_newer_settings_loads_with_the_config_values(fused_
     assert config["backbone"]["student"]["fusion_width_per_group"] is None and config["raa"]["eps"] == 1e-8
     assert config["raa"]["num_prototypes"] == 4 and model.map_name == "aand"
     assert config["interpolation"] == "pil_bicubic"
+
+
+@pytest.mark.parametrize("checkpoint", ["stage2_checkpoint", "fused_checkpoint"])
+def test_a_checkpoint_without_a_map_threshold_gets_the_one_its_threshold_was_chosen_on(
+    checkpoint, request, tmp_path
+):
+    """Written when one threshold served the score and the mask: it was chosen on the output map's
+    maxima, so it is the mask's. The paper's score is that maximum; the fused map's score no longer is,
+    so a fused checkpoint has no decision threshold (predict then asks for one)."""
+    payload = torch.load(request.getfixturevalue(checkpoint), weights_only=False)
+    threshold = payload["state_dict"].pop("model.map_threshold")
+    payload["state_dict"]["model.threshold"] = threshold.clone()  # as the old calibration stored it
+    torch.save(payload, tmp_path / "old.ckpt")
+    model, _ = load_model(tmp_path / "old.ckpt")
+    assert torch.equal(model.map_threshold, threshold)
+    if checkpoint == "stage2_checkpoint":
+        assert torch.equal(model.threshold, threshold)
+    else:
+        assert model.map_name == "fused" and torch.isnan(model.threshold)

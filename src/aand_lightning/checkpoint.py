@@ -36,5 +36,9 @@ def load_model(
     config = with_config_defaults(config)  # a checkpoint of an older version may lack newer settings
     model = build_aand(config["backbone"], config["raa"], config["anomaly_map"], weights="none")
     state = {k.removeprefix("model."): v for k, v in payload["state_dict"].items() if k.startswith("model.")}
+    if "map_threshold" not in state:  # written before the masks had their own threshold
+        state["map_threshold"] = state["threshold"].clone()
+        if model.fusion.enabled:  # its threshold was chosen on the fused map's maxima, not today's score
+            state["threshold"] = torch.full_like(state["threshold"], float("nan"))
     model.load_state_dict(state, strict=True)
     return model.eval().to(map_location), config

@@ -2,7 +2,8 @@
 
 Exports the whole inference path — normalised image (B,3,H,W) → anomaly map (B,1,H,W) and score (B,),
 σ = 4 smoothing included — with a dynamic batch dimension, checks it numerically against PyTorch
-and writes a JSON sidecar with the preprocessing (image size, mean, std) and the threshold.
+and writes a JSON sidecar with the preprocessing (image size, mean, std) and the thresholds (on the
+score, and on the map for masks).
 """
 
 from __future__ import annotations
@@ -108,13 +109,14 @@ def _export(cfg: DictConfig) -> None:
     image_size = as_size(config["image_size"])
     path = Path(cfg.output) if cfg.output else Path(cfg.ckpt).with_suffix(suffix(cfg.format))
     export(model, image_size, cfg.format, path, cfg.opset)
-    threshold = float(model.threshold)
+    threshold, map_threshold = float(model.threshold), float(model.map_threshold)
     sidecar = {
         "format": cfg.format, "input": "normalised RGB image (B, 3, H, W), float32",
         "outputs": ["anomaly_map (B, 1, H, W)", "score (B,)"],
         "image_size": list(image_size),
         "mean": config["mean"], "std": config["std"],
-        "threshold": None if math.isnan(threshold) else threshold,
+        "threshold": None if math.isnan(threshold) else threshold,  # anomalous: score > threshold
+        "map_threshold": None if math.isnan(map_threshold) else map_threshold,  # mask: map > map_threshold
     }  # fmt: skip
     sidecar_path = path.with_name(path.name + ".json")  # model.onnx.json: onnx and .pt sidecars never clash
     sidecar_path.write_text(json.dumps(sidecar, indent=2))

@@ -1,9 +1,10 @@
 """`python -m aand_lightning.predict ckpt=<stage-2 checkpoint> input=<image or folder> output=<folder>`.
 
 For every image: a heatmap overlay, a binary mask and a row of `scores.csv` (path, score, threshold,
-is_anomalous). The image score is the maximum of the smoothed map, so one threshold serves both the
-image decision (score > t) and the pixel mask (map > t): an image is anomalous exactly when its mask
-is not empty.
+is_anomalous). Two thresholds, chosen by the same rule: the decision on the image score (score > t)
+and the mask on the map (map > t_map). The paper's image score is the maximum of its smoothed map, so
+for it t_map = t and an image is anomalous exactly when its mask is not empty. The fused map
+(`anomaly_map.fusion`) keeps the paper's score, so its masks have their own threshold.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -90,51 +92,65 @@ def predict_images(
                 yield path, image, amap, score
 
 
-def _scores(
+class Thresholds(NamedTuple):
+    """`score`: the image decision (score > score); `map`: the mask (map > map)."""
+
+    score: float
+    map: float
+
+
+def _scores_and_peaks(
     model: AAND, model_config: dict, paths: Sequence[Path], batch_size: int, device: str
-) -> np.ndarray:
-    return np.array(
-        [s for *_, s in predict_images(model, model_config, paths, batch_size, device, progress=False)]
-    )
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image scores and the map maxima of the images (equal unless the map is the fused one)."""
+    rows = [
+        (score, amap.max())
+        for *_, amap, score in predict_images(model, model_config, paths, batch_size, device, progress=False)
+    ]
+    if not rows:
+        raise PredictError("None of the threshold_images could be read; pass a folder of readable images.")
+    scores, peaks = np.array(rows).T
+    return scores, peaks
 
 
-def choose_threshold(model: AAND, model_config: dict, cfg: DictConfig) -> float:
-    """The decision threshold of `cfg.threshold`: stored, a number, percentile or f1."""
+def choose_thresholds(model: AAND, model_config: dict, cfg: DictConfig) -> Thresholds:
+    """The thresholds of `cfg.threshold`: stored, a number (both), or percentile / f1, each applied to
+    the image scores and to the map maxima of `threshold_images`."""
     mode = cfg.threshold
     if isinstance(mode, (int, float)):
-        return float(mode)
+        return Thresholds(float(mode), float(mode))
     if mode == "stored":
-        value = float(model.threshold)
-        if math.isnan(value):
+        stored = Thresholds(float(model.threshold), float(model.map_threshold))
+        if math.isnan(stored.score) or math.isnan(stored.map):
             raise PredictError(
                 "This checkpoint stores no threshold (it had no validation images); pass threshold=<number>, "
                 "or threshold=percentile / threshold=f1 with threshold_images=<folder>."
             )
-        return value
+        return stored
     if mode not in ("percentile", "f1"):
         raise PredictError(f"Unknown threshold={mode!r}; pass stored, a number, percentile or f1.")
     if not cfg.threshold_images:
         kind = "normal" if mode == "percentile" else "labelled"
         raise PredictError(f"threshold={mode} needs threshold_images=<folder> of {kind} images.")
     paths = find_images(cfg.threshold_images)
-    scores = _scores(model, model_config, paths, cfg.batch_size, cfg.device)
+    values = _scores_and_peaks(model, model_config, paths, cfg.batch_size, cfg.device)
     if mode == "percentile":
-        return float(np.percentile(scores, cfg.threshold_percentile))
+        return Thresholds(*(float(np.percentile(v, cfg.threshold_percentile)) for v in values))
     labels = np.array([0 if p.parent.name == GOOD else 1 for p in paths])
     if labels.min() == labels.max():
         raise PredictError(
             "threshold=f1 needs a labelled folder with a good/ subfolder and defect subfolders."
         )
-    _, cut = f1_max(torch.from_numpy(scores), torch.from_numpy(labels))
-    # the F1 cut t predicts score >= t; our decision is score > threshold: step just below t
-    return float(np.nextafter(cut, -np.inf))
+    # the F1 cut t predicts value >= t; our decision is value > threshold: step just below t
+    cuts = (f1_max(torch.from_numpy(v), torch.from_numpy(labels))[1] for v in values)
+    return Thresholds(*(float(np.nextafter(cut, -np.inf)) for cut in cuts))
 
 
 def run(cfg: DictConfig) -> Path:
     """Predict every input image; returns the path of scores.csv."""
     model, model_config = load_model(cfg.ckpt)
     paths = find_images(cfg.input)
-    threshold = choose_threshold(model, model_config, cfg)
+    thresholds = choose_thresholds(model, model_config, cfg)
     output = Path(cfg.output)
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     (output / "masks").mkdir(parents=True, exist_ok=True)
@@ -146,14 +162,19 @@ def run(cfg: DictConfig) -> Path:
             model, model_config, paths, cfg.batch_size, cfg.device
         ):
             name = "__".join(path.relative_to(root).with_suffix("").parts)
-            overlay = heatmap_overlay(image, amap, (0.0, 2 * threshold), amap > threshold, score)
+            mask = amap > thresholds.map
+            overlay = heatmap_overlay(image, amap, (0.0, 2 * thresholds.map), mask, score)
             write_png(output / "overlays" / f"{name}.png", overlay)
             write_png(
-                output / "masks" / f"{name}.png",
-                np.repeat(((amap > threshold) * 255).astype(np.uint8)[..., None], 3, 2),
+                output / "masks" / f"{name}.png", np.repeat((mask * 255).astype(np.uint8)[..., None], 3, 2)
             )
-            writer.writerow((str(path), f"{score:.6f}", f"{threshold:.6f}", int(score > threshold)))
-    print(f"Predicted {len(paths)} images with threshold {threshold:.4f}: {output / 'scores.csv'}")
+            writer.writerow(
+                (str(path), f"{score:.6f}", f"{thresholds.score:.6f}", int(score > thresholds.score))
+            )
+    masks = "" if thresholds.map == thresholds.score else f" (masks: map > {thresholds.map:.4f})"
+    print(
+        f"Predicted {len(paths)} images with threshold {thresholds.score:.4f}{masks}: {output / 'scores.csv'}"
+    )
     return output / "scores.csv"
 
 

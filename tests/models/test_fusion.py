@@ -3,7 +3,7 @@ import torch
 
 from aand_lightning.config import config_file
 from aand_lightning.models.build import build_aand
-from aand_lightning.models.fusion import MapFusion, gate_weight, parse_fusion
+from aand_lightning.models.fusion import WEIGHT_CAP, MapFusion, gate_weight, parse_fusion, scored_map
 
 BACKBONE = {**config_file("backbone/resnet18.yaml"), "weights": "none"}
 RAA, ANOMALY_MAP = config_file("raa/default.yaml"), config_file("train.yaml")["anomaly_map"]
@@ -45,7 +45,19 @@ def test_weight_one_is_the_normalised_gate_map():
     mean_a, std_a, mean_g, std_g = model.fusion.stats
     assert torch.equal(gate, out.maps_by_name["gate"])
     assert torch.allclose(out.maps, mean_a + std_a * (gate - mean_g) / std_g, atol=1e-6)
-    assert torch.equal(out.scores, out.maps.flatten(1).amax(1))
+    assert torch.equal(out.scores, out.maps_by_name["aand"].flatten(1).amax(1))  # the paper's score
+
+
+@pytest.mark.parametrize("weight", [0.25, 1.0])
+def test_fused_map_says_where_and_the_papers_map_scores_the_image(weight):
+    model, paper = _calibrated(weight), _calibrated("off")
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        out, reference = model(images, all_maps=True), paper(images)
+    assert torch.equal(out.maps, out.maps_by_name["fused"]) and not torch.equal(out.maps, reference.maps)
+    assert torch.equal(out.scores, reference.scores)
+    assert not torch.equal(out.scores, out.maps.flatten(1).amax(1))
+    assert scored_map("fused") == "aand" and scored_map("gate") == "gate" and scored_map("aand") == "aand"
 
 
 def test_calibration_is_the_normal_maps_statistics():
@@ -74,10 +86,10 @@ def test_uncalibrated_off_model_reports_no_fused_map_and_raa_off_none_at_all():
         _model("auto", {"enabled": False})
 
 
-def test_gate_weight_is_the_gates_responsiveness_capped_at_a_half():
+def test_gate_weight_is_the_gates_responsiveness_capped_at_a_quarter():
     normal = torch.full((2, 1, 4, 4), 0.2)
     assert gate_weight(normal, torch.tensor([0.2, 0.4])) == pytest.approx((0.3 - 0.2) / 0.8)
-    assert gate_weight(normal, torch.tensor([0.9, 1.0])) == 0.5  # never more than the paper's map
+    assert gate_weight(normal, torch.tensor([0.9, 1.0])) == WEIGHT_CAP == 0.25  # synthetic: at most ¼
     assert gate_weight(normal, torch.tensor([0.2001])) == pytest.approx(1.25e-4, rel=1e-3)  # a dead gate
     assert gate_weight(normal, torch.tensor([0.1])) == 0.0 and gate_weight(normal, torch.tensor([])) == 0.0
 

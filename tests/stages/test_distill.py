@@ -71,8 +71,11 @@ def test_fusion_is_calibrated_on_validation_images_only(demo_datamodule, resnet1
     fusion.calibrate(aand, gate, anomalous_gate_values(model, draws, torch.device("cpu")))
     assert torch.allclose(model.fusion.stats, fusion.stats, rtol=1e-5)
     assert torch.isclose(model.fusion.weight, fusion.weight)
-    fused = image_scores(fusion(aand, gate))
-    assert torch.isclose(model.threshold, torch.quantile(fused, 0.99), rtol=1e-5)
+    fused = image_scores(fusion(aand, gate))  # the masks' threshold: on the fused map's maxima
+    assert torch.isclose(model.map_threshold, torch.quantile(fused, 0.99), rtol=1e-5)
+    paper = image_scores(aand)  # the decision's: on the image scores, the paper's map's maxima
+    assert torch.isclose(model.threshold, torch.quantile(paper, 0.99), rtol=1e-5)
+    assert not torch.isclose(model.threshold, model.map_threshold)
     assert module.map_name == "fused" and module.test_results == module.test_results_by_map["fused"]
     assert set(module.test_results_by_map) == {"aand", "gate", "fused"}
     assert module.map_details()["fusion"] == "auto" and module.map_details()["weight"] == float(fusion.weight)
@@ -82,6 +85,7 @@ def test_the_test_pass_never_calibrates(demo_datamodule, resnet18_backbone, tmp_
     module, trainer = _fit(demo_datamodule, resnet18_backbone, 0.5, tmp_path)
     calibration = {k: v.clone() for k, v in module.model.state_dict().items() if k.startswith("fusion.")}
     calibration["threshold"] = module.model.threshold.clone()
+    calibration["map_threshold"] = module.model.map_threshold.clone()
     trainer.test(module, datamodule=demo_datamodule)  # anomalies included: they must change nothing
     state = module.model.state_dict()
     assert all(torch.equal(v, state[k]) for k, v in calibration.items())
@@ -93,4 +97,5 @@ def test_paper_map_run_reports_every_map_of_one_forward_pass(demo_datamodule, re
     assert module.map_name == "aand" and module.test_results == module.test_results_by_map["aand"]
     assert set(module.test_results_by_map) == {"aand", "gate", "fused"}
     assert module.test_results_by_map["fused"] != module.test_results_by_map["aand"]
-    assert module.map_details()["fusion"] == "off" and 0.0 <= module.map_details()["weight"] <= 0.5
+    assert module.map_details()["fusion"] == "off" and 0.0 <= module.map_details()["weight"] <= 0.25
+    assert torch.equal(module.model.threshold, module.model.map_threshold)  # the paper's map: one threshold

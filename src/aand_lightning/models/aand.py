@@ -9,7 +9,7 @@ from torch import nn
 
 from aand_lightning.models.amplified_teacher import AmplifiedTeacher, TeacherOutput, require_raa
 from aand_lightning.models.anomaly_map import AnomalyMapGenerator, image_scores
-from aand_lightning.models.fusion import MapFusion
+from aand_lightning.models.fusion import MapFusion, scored_map
 from aand_lightning.models.student import Student
 
 
@@ -28,9 +28,11 @@ class AANDOutput:
 class AAND(nn.Module):
     """Frozen amplified teacher + trainable student; the map is computed against amplified targets.
 
-    `threshold` is a buffer so that checkpoints and exports carry the decision threshold chosen on
-    normal validation images (NaN until one is chosen); `fusion` holds the fused map's weight and
-    normal statistics the same way. The output is the paper's map unless fusion is enabled.
+    `threshold` is a buffer so that checkpoints and exports carry the decision threshold on the image
+    score chosen on normal validation images (NaN until one is chosen), `map_threshold` the one on the
+    map's pixels (the masks); `fusion` holds the fused map's weight and normal statistics the same way.
+    The output is the paper's map unless fusion is enabled; the fused map's images are scored by the
+    paper's map, so only then do the two thresholds differ.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class AAND(nn.Module):
             require_raa(teacher.enabled, fused=self.fusion.setting)
         self.teacher.requires_grad_(False)
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.register_buffer("map_threshold", torch.tensor(float("nan")))
 
     @property
     def map_name(self) -> str:
@@ -96,5 +99,5 @@ class AAND(nn.Module):
             by_name["gate"] = self.anomaly_map.gate_map(teacher.gates, size)[0]
         if "fused" in names:
             by_name["fused"] = self.fusion(by_name["aand"], by_name["gate"])
-        maps = by_name[self.map_name]
-        return AANDOutput(teacher, student, maps, image_scores(maps), by_name if all_maps else None)
+        maps, scores = by_name[self.map_name], image_scores(by_name[scored_map(self.map_name)])
+        return AANDOutput(teacher, student, maps, scores, by_name if all_maps else None)

@@ -9,7 +9,12 @@ the gate map is moved onto the AAND map's normal mean and spread and the two are
 w = 0 is the paper's map A bit for bit, w = 1 the normalised gate map, and F stays in A's units (so
 overlays and thresholds read the same way, and scores stay small for torchmetrics).
 
-The weight of `fusion=auto` is the gate's responsiveness, capped at ½ (`gate_weight`).
+F only says *where*: the image score stays the paper's, max A (`scored_map`). The gate fires on
+normal variation its validation images did not show and misses defect kinds unlike its synthetic
+anomalies; an image-level verdict from max F would inherit both, while F's pixels still gain where the
+gate sees the defect (benchmarks/results/2026-11-29-fusion-pixel-map.md).
+
+The weight of `fusion=auto` is the gate's responsiveness, capped at ¼ (`gate_weight`).
 """
 
 from __future__ import annotations
@@ -21,22 +26,31 @@ from torch import nn
 
 OFF = "off"
 AUTO = "auto"
+WEIGHT_CAP = 0.25
 
 
 def gate_weight(normal_gate: torch.Tensor, anomalous_gate: torch.Tensor) -> float:
-    """w = min(½, r), r = (ḡ_anomalous − ḡ_normal) / (1 − ḡ_normal): how far the gate map moves from its
+    """w = min(¼, r), r = (ḡ_anomalous − ḡ_normal) / (1 − ḡ_normal): how far the gate map moves from its
     level on normal pixels towards 1, its training target, on synthetic anomalies of held-out images.
 
     Measured in the gate's own units (a probability), so a gate that hardly moves gets no weight however
     much the σ-normalisation would magnify it. Synthetic anomalies are the gate's home ground (it was
-    trained on such), so a good result there cannot earn it more than the paper's map: w ≤ ½. No
-    anomalous pixel (an empty tensor) is no evidence: w = 0.
+    trained on such): they can show a gate is weak, never that it sees real defects, so they earn it at
+    most ¼ (`WEIGHT_CAP`). With ½, the pixel metrics fell 1–3 points where the gate missed the real
+    defect kinds; with ¼, at most 0.5 on the means (2026-11-29-fusion-pixel-map.md). No anomalous
+    pixel (an empty tensor) is no evidence: w = 0.
     """
     if anomalous_gate.numel() == 0:
         return 0.0
     normal_mean = normal_gate.double().mean()
     responsiveness = (anomalous_gate.double().mean() - normal_mean) / (1 - normal_mean).clamp_min(1e-12)
-    return float(responsiveness.clamp(0.0, 0.5))
+    return float(responsiveness.clamp(0.0, WEIGHT_CAP))
+
+
+def scored_map(name: str) -> str:
+    """The map whose maximum is the image score of map `name`: its own, except for the fused map, whose
+    images are scored by the paper's map (F says where, A whether)."""
+    return "aand" if name == "fused" else name
 
 
 def parse_fusion(setting: str | float | bool | None) -> tuple[bool, float | None]:

@@ -16,6 +16,7 @@ from torch import nn
 from aand_lightning.data.batch import Batch
 from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics
 from aand_lightning.models.anomaly_map import image_scores
+from aand_lightning.models.fusion import scored_map
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -165,7 +166,7 @@ class AnomalyStage(L.LightningModule):
         self._sync()
         start = time.perf_counter()
         by_name = self.maps_by_name(batch.image)
-        scores = {name: image_scores(maps) for name, maps in by_name.items()}
+        scores = {name: image_scores(by_name[scored_map(name)]) for name in by_name}
         self._sync()
         self.inference_seconds += time.perf_counter() - start
         self.inference_images += len(batch)

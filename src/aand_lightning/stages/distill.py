@@ -14,6 +14,7 @@ from aand_lightning.distributed import gather_uneven
 from aand_lightning.models.aand import AAND
 from aand_lightning.models.amplified_teacher import TeacherOutput
 from aand_lightning.models.anomaly_map import image_scores
+from aand_lightning.models.fusion import scored_map
 from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
 from aand_lightning.stages.feature_cache import FeatureCacheSettings, TeacherFeatureCache
 
@@ -23,7 +24,8 @@ class NormalityDistillation(AnomalyStage):
 
     After each validation epoch on held-out normal images, their maps calibrate the model: the fused
     map's normal statistics and weight, then the decision threshold, the `threshold_quantile` of their
-    image scores on the configured map, so a checkpoint can predict on its own. Without such images (a
+    image scores, and the mask threshold, the same quantile of the configured map's maxima, so a
+    checkpoint can predict on its own. Without such images (a
     tiny train split, `val_fraction=0`, or validation on the test set) the last epoch calibrates on the
     training images instead, with a warning: never NaN. Nothing else ever reaches the calibration: the
     test pass only reads it. `model_config` is the plain description needed to rebuild the model.
@@ -121,8 +123,9 @@ class NormalityDistillation(AnomalyStage):
             self._val_maps.clear()
 
     def _calibrate(self, batches: list[dict[str, torch.Tensor]], split: Literal["val", "train"]) -> None:
-        """From normal images' maps (all ranks): the fused map's statistics and weight, then the threshold
-        on the configured map's image scores. `split` says which normal images they are."""
+        """From normal images' maps (all ranks): the fused map's statistics and weight, then the thresholds:
+        on the image scores, and on the configured map's maxima (so that the same share of normal images
+        shows a mask). `split` says which normal images they are."""
         maps = {name: gather_uneven(torch.cat([b[name] for b in batches])) for name in batches[0]}
         fusion = self.model.fusion
         if "gate" in maps:
@@ -130,8 +133,12 @@ class NormalityDistillation(AnomalyStage):
             if anomalous is not None or fusion.fixed_weight is not None or fusion.enabled:
                 fusion.calibrate(maps["aand"], maps["gate"], anomalous)
                 maps["fused"] = fusion(maps["aand"], maps["gate"])
-        scores = image_scores(maps[self.map_name]).float()
-        self.model.threshold.fill_(torch.quantile(scores, self.threshold_quantile).item())
+        for threshold, name in (
+            (self.model.threshold, scored_map(self.map_name)),
+            (self.model.map_threshold, self.map_name),
+        ):
+            scores = image_scores(maps[name]).float()
+            threshold.fill_(torch.quantile(scores, self.threshold_quantile).item())
 
     def _anomalous_gate(self, split: Literal["val", "train"]) -> torch.Tensor | None:
         """Gate-map values inside `fusion.draws` synthetic anomalies on each image of the split (the
