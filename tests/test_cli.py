@@ -143,4 +143,4 @@ def test_one_training_image_stores_a_threshold_not_nan(train_in_process, tmp_pat
             "single", "stage=distill", "raa=off", "dataset=folder", f"dataset.train_dir={tmp_path / 'single'}"
         )
     state = torch.load(run_dir / "distill" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert torch.isfinite(state["model.threshold"])
+    assert torch.isfinite(state["model.threshold"]) and torch.isfinite(state["model.map_threshold"])

@@ -172,9 +172,9 @@ class NormalityDistillation(AnomalyStage):
         self.model.train()
         self._calibrate(maps, "train")
         rank_zero_warn(
-            f"No normal validation images: the stored decision threshold is the {self.threshold_quantile} "
-            "quantile of the training images' scores, and the fused map's statistics come from them too, "
-            "which the student has fitted (expect more false alarms); hold out images with "
+            f"No normal validation images: the stored thresholds are the {self.threshold_quantile} "
+            "quantile of the training images' scores and maps, and the fused map's statistics come from "
+            "them, which the student has fitted (expect more false alarms); hold out images with "
             "datamodule.val_fraction > 0 for better ones."
         )
 
