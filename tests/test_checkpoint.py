@@ -1,10 +1,12 @@
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from aand_lightning.checkpoint import CheckpointError, load_model
 from aand_lightning.config import config_file
 from aand_lightning.handoff import save_teacher
 from aand_lightning.models.build import build_amplified_teacher
+from aand_lightning.predict import PredictError, choose_thresholds
 
 
 def test_checkpoint_rebuilds_the_trained_model(stage2_checkpoint):
@@ -70,3 +72,8 @@ def test_a_checkpoint_without_a_map_threshold_gets_the_one_its_threshold_was_cho
         assert torch.equal(model.threshold, threshold)
     else:
         assert model.map_name == "fused" and torch.isnan(model.threshold)
+        settings = OmegaConf.create({"threshold": "stored"})
+        with pytest.raises(
+            PredictError, match=r"no threshold chosen on its validation images; pass threshold="
+        ):
+            choose_thresholds(model, {}, settings)

@@ -123,8 +123,8 @@ def choose_thresholds(model: AAND, model_config: dict, cfg: DictConfig) -> Thres
         stored = Thresholds(float(model.threshold), float(model.map_threshold))
         if math.isnan(stored.score) or math.isnan(stored.map):
             raise PredictError(
-                "This checkpoint stores no threshold (it had no validation images); pass threshold=<number>, "
-                "or threshold=percentile / threshold=f1 with threshold_images=<folder>."
+                "This checkpoint stores no threshold chosen on its validation images; pass "
+                "threshold=<number>, or threshold=percentile / threshold=f1 with threshold_images=<folder>."
             )
         return stored
     if mode not in ("percentile", "f1"):
@@ -171,9 +171,9 @@ def run(cfg: DictConfig) -> Path:
             writer.writerow(
                 (str(path), f"{score:.6f}", f"{thresholds.score:.6f}", int(score > thresholds.score))
             )
-    masks = "" if thresholds.map == thresholds.score else f" (masks: map > {thresholds.map:.4f})"
+    masks = "" if thresholds.map == thresholds.score else f" (masks: map > {thresholds.map:.6f})"
     print(
-        f"Predicted {len(paths)} images with threshold {thresholds.score:.4f}{masks}: {output / 'scores.csv'}"
+        f"Predicted {len(paths)} images with threshold {thresholds.score:.6f}{masks}: {output / 'scores.csv'}"
     )
     return output / "scores.csv"
 
