@@ -98,6 +98,17 @@ def test_bad_inputs_name_the_fix(stage2_checkpoint, tmp_path):
         choose_thresholds(model, model_config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="percentile"))
     with pytest.raises(PredictError, match="Unknown threshold"):
         choose_thresholds(model, model_config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="median"))
+    (tmp_path / "unreadable").mkdir()
+    (tmp_path / "unreadable" / "broken.png").write_bytes(b"not an image")
+    unreadable = _cfg(
+        stage2_checkpoint,
+        tmp_path,
+        "x",
+        threshold="percentile",
+        threshold_images=str(tmp_path / "unreadable"),
+    )
+    with pytest.warns(UserWarning, match="broken.png"), pytest.raises(PredictError, match="None of the"):
+        choose_thresholds(model, model_config, unreadable)
     model.threshold.fill_(float("nan"))  # a checkpoint trained without validation images
     with pytest.raises(PredictError, match="threshold=<number>"):
         choose_thresholds(model, model_config, _cfg(stage2_checkpoint, tmp_path, "x"))

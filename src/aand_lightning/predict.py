@@ -93,7 +93,7 @@ def predict_images(
 
 
 class Thresholds(NamedTuple):
-    """`score`: the image decision (score > score); `map`: the mask (map > map)."""
+    """`score` decides an image (image score > it); `map` draws its mask (map pixels > it)."""
 
     score: float
     map: float
