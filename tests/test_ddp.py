@@ -32,7 +32,10 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ddp")
 
 
-OVERRIDES = ["stage=all", "distill.epochs=2", "logger=csv", "++trainer.limit_train_batches=2"]
+# Pretrained lite0 (offline), full epochs of 8 per rank: each rank's 18 images leave 2 out of its
+# first epoch, which come back among stored ones (see tests/stages/test_feature_cache.py).
+BACKBONE = ["backbone=tf_efficientnet_lite0", "backbone.weights=imagenet", "datamodule.batch_size=8"]
+OVERRIDES = ["stage=all", "distill.epochs=2", "logger=csv", "++trainer.limit_train_batches=1.0", *BACKBONE]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def test_ddp_evaluation_scores_what_one_process_scores(ddp_run, workdir, train_a
     checkpoint = ddp_run / "distill" / "checkpoints" / LAST
     _, single = train_at(
         workdir, "single_eval", "trainer=cpu", "stage=distill", f"teacher_ckpt={ddp_run}",
-        "distill.epochs=2", f"ckpt_path={checkpoint}",
+        "distill.epochs=2", f"ckpt_path={checkpoint}", *BACKBONE,
     )  # fmt: skip
     record = json.loads((single / "distill" / "metrics.json").read_text())
     assert record["performance"]["resumed_from"] == str(checkpoint)  # restored at its last epoch: no training

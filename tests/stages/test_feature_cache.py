@@ -17,7 +17,7 @@ from aand_lightning.models.amplified_teacher import TeacherOutput
 from aand_lightning.models.build import build_aand
 from aand_lightning.models.losses import CosineDistillationLoss
 from aand_lightning.stages import NormalityDistillation
-from aand_lightning.stages.feature_cache import FeatureCacheSettings, TeacherFeatureCache
+from aand_lightning.stages.feature_cache import FeatureCacheError, FeatureCacheSettings, TeacherFeatureCache
 
 
 class Items(Dataset):
@@ -59,7 +59,7 @@ def test_each_item_is_computed_once_and_read_back_unchanged():
     first = cache(teacher, items.images[[0, 1, 2]], items, [0, 1, 2])
     mixed = cache(teacher, items.images[[2, 3]], items, [2, 3])  # 2 is stored, 3 is new
     again = cache(teacher, items.images[[3, 0, 1]], items, [3, 0, 1])
-    assert teacher.images == 4
+    assert teacher.images == 3 + 2  # the first batch, then the mixed batch whole
     assert items.skip_image.tolist() == [True, True, True, True, False, False]
     _assert_same(first, CountingTeacher()(items.images[[0, 1, 2]]))
     _assert_same(mixed, CountingTeacher()(items.images[[2, 3]]))
@@ -175,36 +175,133 @@ def test_the_first_epoch_fills_the_cache_and_later_epochs_neither_call_the_teach
     )  # fmt: skip
     trainer.fit(module, datamodule=datamodule)
     images = len(datamodule.splits.train) + len(datamodule.val_samples)
-    assert counter.calls[0] == -(-len(datamodule.splits.train) // 4) + 1  # train batches + one val batch
+    # train batches, one val batch, and the train store's independence check with its second batch
+    assert counter.calls[0] == -(-len(datamodule.splits.train) // 4) + 1 + 1
     assert counter.reads[0] == images
     assert 1 not in counter.calls and 2 not in counter.calls
     assert 1 not in counter.reads and 2 not in counter.reads
 
 
+# Real ImageNet weights (offline), full epochs of 8 (the demo's batch): the 4 images epoch 0 leaves out
+# come back one by one among stored ones, and lite0 rounds a lone image's features otherwise than a batch's.
+LITE0 = [
+    "backbone=tf_efficientnet_lite0", "backbone.weights=imagenet", "trainer.limit_train_batches=1.0",
+    "datamodule.batch_size=8",
+]  # fmt: skip
+
+
+@pytest.fixture
+def bn_statistics_weights(tmp_path) -> list[str]:
+    """A random-init resnet18 file whose BatchNorm running statistics are far from (0, 1), as trained
+    ones are: eval-mode BatchNorm then differs from batch statistics (random init hides that)."""
+    import timm
+
+    generator = torch.Generator().manual_seed(1)
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    for key, tensor in state.items():
+        if key.endswith("running_mean"):
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)
+        elif key.endswith("running_var"):
+            tensor.copy_(torch.rand(tensor.shape, generator=generator) * 2 + 0.25)
+    path = tmp_path / "resnet18_bn_statistics.pth"
+    torch.save(state, path)
+    return ["backbone=resnet18", f"backbone.weights={path}"]
+
+
 @pytest.mark.parametrize(
-    ("raa", "fast_path"),
+    ("raa", "backbone", "fast_path"),
     [
-        pytest.param(False, [], id="rd"),
-        pytest.param(True, [], id="aand"),
-        pytest.param(False, ["performance.channels_last=true"], id="rd_channels_last"),
-        pytest.param(False, ["trainer.precision=bf16-mixed"], id="rd_bf16_autocast"),
+        pytest.param(False, "lite0", [], id="rd_lite0_imagenet"),
+        pytest.param(True, "lite0", [], id="aand_lite0_imagenet"),
+        pytest.param(True, "bn_statistics", [], id="aand_resnet18_bn_statistics"),
+        pytest.param(False, "lite0", ["performance.channels_last=true"], id="rd_lite0_channels_last"),
+        pytest.param(False, "bn_statistics", ["trainer.precision=bf16-mixed"], id="rd_resnet18_bf16"),
     ],
 )
-def test_cache_on_and_off_give_identical_metrics(train_in_process, raa, fast_path):
-    """float32 cache: the stage-2 test metrics equal the uncached ones, also on the fast paths (the
-    cache hands back the teacher's dtype and memory format); trainer=debug's two batches per epoch also
-    make batches that mix stored and new items. AAND: both from one stage-1 teacher, equal to float32
-    rounding: RAA's matmuls round an image's features by the size of the batch it is in, and the
-    teacher sees only the new items of a mixed batch (uncached, an image's features already change in
-    the last bit with the batch it falls in)."""
-    overrides = ["stage=distill", "distill.epochs=2", "raa=default" if raa else "raa=off", *fast_path]
+def test_cache_on_and_off_give_identical_metrics(
+    train_in_process, bn_statistics_weights, raa, backbone, fast_path
+):
+    """float32 cache: the stage-2 test metrics equal the uncached ones bit for bit, with the teachers
+    users run (pretrained lite0; BatchNorm with real running statistics), also on the fast paths (the
+    cache hands back the teacher's dtype and memory format). trainer=debug's two batches per epoch make
+    batches that mix stored and new items: lite0's kernels round an image's features by the size of
+    its batch, so a teacher that saw only the new items of such a batch changed the metrics. AAND:
+    both runs from one stage-1 teacher."""
+    overrides = [
+        "stage=distill", "distill.epochs=2", "raa=default" if raa else "raa=off", *fast_path,
+        *(LITE0 if backbone == "lite0" else bn_statistics_weights),
+    ]  # fmt: skip
     if raa:
-        _, teacher_run = train_in_process("teacher", "stage=amplify", "teacher_cache=null")
+        _, teacher_run = train_in_process("teacher", *overrides[3:], "stage=amplify", "teacher_cache=null")
         overrides.append(f"teacher_ckpt={teacher_run / 'amplify' / 'teacher.pt'}")
     on, _ = train_in_process("on", *overrides)
     off, _ = train_in_process("off", *overrides, "distill.feature_cache.enabled=false")
-    tolerance = 1e-6 if raa else 0.0
-    assert on[-1]["metrics"] == pytest.approx(off[-1]["metrics"], abs=tolerance, rel=0)
+    assert on[-1]["metrics"] == off[-1]["metrics"]
+
+
+class MixingTeacher:
+    """A teacher whose output for an image depends on its batch: BatchNorm on batch statistics."""
+
+    def __init__(self, train_mode: bool = True) -> None:
+        self.norm = torch.nn.BatchNorm2d(3).train(train_mode)
+        self.norm.running_mean.fill_(0.3)
+
+    def __call__(self, images: torch.Tensor) -> TeacherOutput:
+        out = self.norm(images)
+        return TeacherOutput([], [out, out[:, :, ::2, ::2]], None)
+
+
+def test_a_teacher_that_mixes_the_images_of_a_batch_is_refused_in_one_sentence():
+    """The first stored item is sent again inside the next batch of new items, as an uncached epoch
+    would send it; a teacher on batch statistics gives it other features there."""
+    items = Items()
+    cache = _cache()
+    cache(MixingTeacher(), items.images[:3], items, [0, 1, 2])
+    cache(MixingTeacher(), items.images[3:], items, [3, 4, 5])  # the step never waits for the verdict
+    with pytest.raises(FeatureCacheError, match=r"distill\.feature_cache\.enabled=false") as refused:
+        cache.verify()  # the epoch's end reads it
+    assert "\n" not in str(refused.value)
+    per_image, items = MixingTeacher(train_mode=False), Items()  # running statistics: each image alone
+    cache = _cache()
+    cache(per_image, items.images[:3], items, [0, 1, 2])
+    out = cache(per_image, items.images[3:], items, [3, 4, 5])
+    cache.verify()
+    assert items.skip_image.all() and torch.equal(out.amplified[0], per_image(items.images[3:]).amplified[0])
+
+
+def test_a_mixed_batch_goes_through_the_teacher_whole_as_uncached():
+    """The stored features of a new item come from the whole batch, placeholders included, so a teacher
+    that rounds by batch size gives the cache what it gives the uncached run."""
+    items, seen, cache = Items(), [], _cache()
+
+    def teacher(images: torch.Tensor) -> TeacherOutput:
+        seen.append(len(images))
+        return CountingTeacher()(images)
+
+    cache(teacher, items.images[[0, 1, 2]], items, [0, 1, 2])
+    cache(teacher, items.images[[2, 3, 4]], items, [2, 3, 4])
+    cache(teacher, items.images[[4, 5, 1]], items, [4, 5, 1])
+    cache(teacher, items.images[[0, 1, 2]], items, [0, 1, 2])
+    assert seen == [3, 3, 3, 3]  # each batch with a new item whole, and the probe once
+
+
+def test_the_cli_stops_a_teacher_that_mixes_images_in_one_line(cli_in_process, tmp_path, smoke, monkeypatch):
+    """A backbone whose BatchNorm runs on batch statistics in stage 2 stops at the end of the first
+    epoch, naming the switch (the uncached run works: its teacher sees real batches every epoch)."""
+    from aand_lightning.models.encoder import Encoder
+
+    def batch_statistics(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.backbone.train()(images)
+
+    monkeypatch.setattr(Encoder, "forward", batch_statistics)
+    result = cli_in_process(
+        "train", *smoke, "stage=distill", "raa=off", "backbone.weights=imagenet",
+        "backbone=tf_efficientnet_lite0", f"dataset.root={tmp_path / 'demo'}",
+        f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path,
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("Error: ") and "distill.feature_cache.enabled=false" in lines[0]
 
 
 @pytest.mark.slow  # a measurement of the documented tolerance (pretrained teacher, full epochs): minutes

@@ -155,7 +155,10 @@ class NormalityDistillation(AnomalyStage):
         return self._anomalous_gate_values[split]
 
     def on_train_epoch_end(self) -> None:
-        """Last epoch without a threshold from normal validation images: fall back to the train images."""
+        """The feature cache's checks of this epoch (see `TeacherFeatureCache.verify`); then, in the last
+        epoch without a threshold from normal validation images, fall back to the train images."""
+        if self.feature_cache is not None:
+            self.feature_cache.verify()
         datamodule = self.trainer.datamodule  # None when fit on bare loaders: no split to fall back on
         last_epoch = self.current_epoch + 1 >= self.trainer.max_epochs
         if datamodule is None or not last_epoch or not torch.isnan(self.model.threshold):

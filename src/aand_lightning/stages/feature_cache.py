@@ -6,6 +6,14 @@ features. The first time a batch holds an item, its features are computed and st
 device; afterwards they are read back, and the loader stops decoding that item's image (the dataset's
 `skip_image` flags live in shared memory, so loader workers see them). The first epoch therefore
 costs what an uncached one does, and each DDP rank stores only the items it sees.
+
+Stored features are bit for bit what the uncached run computes because the teacher always sees whole
+batches, as it does without the cache: float kernels may round an image's features by the size of
+the batch it is in (lite0's do for a batch of one), so features of a sub-batch of only the new
+items differ in the last bits, and training amplifies that into other metrics. A
+batch that mixes stored items with new ones therefore goes through the teacher whole (the stored
+items' rows are placeholder images whose output is dropped). This holds only for a teacher that maps
+each image on its own; the first epoch checks that (`independence_check`).
 """
 
 from __future__ import annotations
@@ -19,12 +27,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aand_lightning.errors import UserError
 from aand_lightning.models.amplified_teacher import TeacherOutput
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Teacher = Callable[[torch.Tensor], TeacherOutput]
+
+
+class FeatureCacheError(UserError):
+    """The cache would hand stage 2 other features than the teacher gives it uncached."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,7 @@ class FeatureStore:
         self.count = len(like.amplified)
         self.levels = [_allocate(len(stored), t, dtype) for t in _kept(like)]
         self.dtypes = [t.dtype for t in _kept(like)]
+        self.probe: Probe | None = None  # the independence check still to make (independence_check)
 
     @staticmethod
     def item_bytes(like: TeacherOutput, dtype: torch.dtype) -> int:
@@ -129,6 +143,14 @@ class TeacherFeatureCache:
         self.processes_per_host = processes_per_host
         self.budget: int | None = None if settings.max_gb is None else int(settings.max_gb * 1e9)
         self.stores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # dataset → store or None
+        self.checks: list[IndependenceCheck] = []  # made in a step, read by `verify` (no step waits)
+
+    def verify(self) -> None:
+        """Raise FeatureCacheError if a check made since the last call found the teacher mixing images.
+        Called at the end of an epoch: reading the result waits for the device, which no step may."""
+        checks, self.checks = self.checks, []
+        for check in checks:
+            check.verify()
 
     def __call__(
         self, teacher: Teacher, images: torch.Tensor, dataset: object, indices: Sequence[int] | None
@@ -138,18 +160,20 @@ class TeacherFeatureCache:
             return _no_grad(teacher, images)
         index = np.asarray(indices, dtype=np.int64)
         store = self.stores.get(dataset)
-        positions = np.arange(len(index)) if store is None else store.missing(index)
-        if len(positions) == len(index):
-            out = _no_grad(teacher, images)
-        elif len(positions):  # a batch mixing stored items with new ones: the teacher sees the new ones
-            out = _no_grad(teacher, images[torch.from_numpy(positions).to(images.device)])
-        else:
+        if store is not None and not len(store.missing(index)):
             return store.read(index)
+        out = _no_grad(teacher, images)  # the whole batch, as uncached (see the module docstring)
         if store is None:
             store = self._open(dataset, out)
             if store is None:
                 return out
-        store.write(index[positions], out)
+            store.probe = Probe(int(index[0]), images[0].clone(), len(index))
+        elif store.probe is not None and store.probe.batch_size == len(index):
+            stored = store.read(np.array([store.probe.index]))
+            self.checks.append(independence_check(teacher, images, store.probe, stored, self.dtype))
+            store.probe = None
+        positions = store.missing(index)
+        store.write(index[positions], _rows(out, positions))
         return store.read(index)  # read back even when all new: every epoch sees the same stored values
 
     def _open(self, dataset: object, like: TeacherOutput) -> FeatureStore | None:
@@ -188,6 +212,74 @@ def _name(dataset: object) -> str:
 
 def _size(count: int) -> str:
     return f"{count / 1e9:.2f} GB" if count >= 1e8 else f"{count / 1e6:.1f} MB"
+
+
+def _rows(out: TeacherOutput, positions: np.ndarray) -> TeacherOutput:
+    """The stored part of `out`: the batch rows at `positions`."""
+    if len(positions) == len(out.amplified[0]):
+        return out
+    rows = torch.from_numpy(positions).to(out.amplified[0].device)
+    kept = [t.index_select(0, rows) for t in _kept(out)]
+    count = len(out.amplified)
+    return TeacherOutput(features=[], amplified=kept[:count], gates=kept[count:] or None)
+
+
+@dataclass
+class Probe:
+    """A store's first item, kept until the next batch of new images of the same size checks it."""
+
+    index: int
+    image: torch.Tensor
+    batch_size: int
+
+
+# Relative difference an item's features may show between two batches before it is more than rounding:
+# kernels may reduce in another order (float32: ~1e-6 relative), while a teacher that mixes images
+# (BatchNorm on batch statistics, dropout, stochastic depth) moves them by whole percents.
+_INDEPENDENCE_TOLERANCE = {torch.bfloat16: 5e-2, torch.float16: 2e-2}
+_FULL_PRECISION_TOLERANCE = 1e-3
+
+
+@dataclass
+class IndependenceCheck:
+    """The largest relative difference of a probe's features between two batches (a device scalar)
+    and the rounding allowed for it."""
+
+    difference: torch.Tensor
+    tolerance: float
+
+    def verify(self) -> None:
+        difference = float(self.difference)
+        if difference > self.tolerance:
+            raise FeatureCacheError(
+                "The stage-2 feature cache cannot stand for this teacher: its output for an image changes "
+                f"with the other images of the batch (by {difference:.1%} of its largest value; BatchNorm "
+                "on batch statistics, dropout or stochastic depth do that), so pass "
+                "distill.feature_cache.enabled=false."
+            )
+
+
+def independence_check(
+    teacher: Teacher, images: torch.Tensor, probe: Probe, stored: TeacherOutput, dtype: torch.dtype
+) -> IndependenceCheck:
+    """Whether the teacher's output for an image depends on the other images of its batch.
+
+    The uncached run puts each image in another batch every epoch; stored features stand for all of
+    those calls only when they agree. So the probe's image is sent again as the uncached path would
+    send it in a later epoch: at another position of a batch of other images (`images`, a later batch
+    of the same size), and its `stored` output is compared with that fresh call (`dtype`: the cache's).
+    """
+    batch = images.clone()
+    batch[-1] = probe.image
+    fresh = _no_grad(teacher, batch)
+    differences = []
+    for kept, new in zip(_kept(stored), _kept(fresh), strict=True):
+        a, b = kept[0].float(), new[-1].float()
+        scale = a.abs().max()
+        differences.append((a - b).abs().max() / torch.where(scale > 0, scale, torch.ones_like(scale)))
+    dtypes = [dtype, *(t.dtype for t in _kept(fresh))]
+    tolerance = max(_INDEPENDENCE_TOLERANCE.get(t, _FULL_PRECISION_TOLERANCE) for t in dtypes)
+    return IndependenceCheck(torch.stack(differences).max(), tolerance)
 
 
 def _no_grad(teacher: Teacher, images: torch.Tensor) -> TeacherOutput:
