@@ -102,14 +102,17 @@ class FeatureStore:
             level.index_select(0, rows).to(dtype).contiguous(memory_format=_memory_format(level))
             for level, dtype in zip(self.levels, self.dtypes, strict=True)
         ]
-        return TeacherOutput(
-            features=[], amplified=tensors[: self.count], gates=tensors[self.count :] or None
-        )
+        return _from_kept(tensors, self.count)
 
 
 def _kept(out: TeacherOutput) -> list[torch.Tensor]:
     """What stage 2 reads of the teacher's output: the amplified levels, then the gates (if any)."""
     return [*out.amplified, *(out.gates or [])]
+
+
+def _from_kept(tensors: list[torch.Tensor], count: int) -> TeacherOutput:
+    """`_kept`'s inverse: the first `count` tensors are the amplified levels, the rest the gates."""
+    return TeacherOutput(features=[], amplified=tensors[:count], gates=tensors[count:] or None)
 
 
 def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
@@ -219,9 +222,7 @@ def _rows(out: TeacherOutput, positions: np.ndarray) -> TeacherOutput:
     if len(positions) == len(out.amplified[0]):
         return out
     rows = torch.from_numpy(positions).to(out.amplified[0].device)
-    kept = [t.index_select(0, rows) for t in _kept(out)]
-    count = len(out.amplified)
-    return TeacherOutput(features=[], amplified=kept[:count], gates=kept[count:] or None)
+    return _from_kept([t.index_select(0, rows) for t in _kept(out)], len(out.amplified))
 
 
 @dataclass
