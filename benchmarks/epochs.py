@@ -21,8 +21,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from aand_lightning.data.datamodule import AnomalyDataModule
 from aand_lightning.data.demo import DemoDataset
+from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
-from aand_lightning.models.build import build_amplified_teacher
+from aand_lightning.models.build import build_teacher
 from aand_lightning.stages.feature_cache import FeatureCacheSettings, FeatureStore, TeacherFeatureCache
 
 # name: (system, cached, bf16 autocast). The bf16 pair shows trainer.precision=bf16-mixed on both sides.
@@ -66,7 +67,7 @@ class EpochResult:
 def _datamodule(source: DemoDataset, size: int, batch: int, synthetic: bool = False) -> AnomalyDataModule:
     """Loaders as training builds them: seeded shuffle, no workers (loading is timed with the steps)."""
     return AnomalyDataModule(
-        source, size, batch, num_workers=0, val_fraction=0.0, drop_last=False,
+        source, Preprocessing(size), batch, num_workers=0, val_fraction=0.0, drop_last=False,
         synthesizer=AnomalySynthesizer() if synthetic else None,
         foreground_rules={"default": {"kind": "whole"}},
     )  # fmt: skip
@@ -77,16 +78,16 @@ def _epoch(system: System, loader, epoch: int, device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
     for batch in loader:
-        system.train_step(batch.image.to(device), loader.dataset, batch.index.tolist())
+        system.train_step(batch.image.to(device), batch.sample_id.tolist())
     sync(device)
     return time.perf_counter() - start
 
 
-def _step_flops(system: System, images: torch.Tensor, dataset, indices: list[int]) -> float:
-    """FLOPs of one training step on `images` (for a cached system: with every item already stored)."""
+def _step_flops(system: System, images: torch.Tensor, ids: list[int]) -> float:
+    """FLOPs of one training step on `images`, the items `ids` (for a cached system: every one stored)."""
     counter = FlopCounterMode(display=False)
     with counter:
-        system.train_step(images, dataset, indices)
+        system.train_step(images, ids)
     return counter.get_total_flops() / len(images)
 
 
@@ -99,14 +100,17 @@ def stage2_epochs(
     samples = source.splits().train[:count]
     systems, loaders = {}, {}
     for name, (system_name, cached, bf16) in EPOCH_SYSTEMS.items():
-        cache = TeacherFeatureCache(FeatureCacheSettings()) if cached else None
+        # each cache has its own flags (sample ids 0..count-1), shared with its own loader's dataset
+        skip_image = torch.zeros(len(samples), dtype=torch.bool) if cached else None
+        cache = TeacherFeatureCache(FeatureCacheSettings(), skip_image) if cached else None
         system = System(system_name, device, size, bf16=bf16, cache=cache)
         if not system.available:
             continue
         systems[name] = system
-        loaders[name] = datamodule.loader(datamodule.dataset(samples, "normal"), batch, train=True)
+        dataset = datamodule.dataset(samples, "normal", skip_image=skip_image)
+        loaders[name] = datamodule.loader(dataset, batch, train=True)
     warm = torch.randn(batch, 3, size, size, device=device)
-    for _ in range(warmup):  # first calls pay for kernel selection; no dataset: the caches stay empty
+    for _ in range(warmup):  # first calls pay for kernel selection; no sample ids: the caches stay empty
         for system in systems.values():
             system.train_step(warm)
     seconds: dict[str, list[float]] = {name: [] for name in systems}
@@ -122,10 +126,10 @@ def stage2_epochs(
                 working = torch.cuda.max_memory_allocated(device) - resident
                 peaks[name] = max(peaks.get(name, 0), working)
     one = next(iter(loaders["aand_cached"]))
-    images, indices = one.image[:1].to(device), one.index[:1].tolist()
-    flops = {name: _step_flops(s, images, loaders[name].dataset, indices) for name, s in systems.items()}
+    images, ids = one.image[:1].to(device), one.sample_id[:1].tolist()
+    flops = {name: _step_flops(s, images, ids) for name, s in systems.items()}
     cache_bytes = {
-        name: sum(store.nbytes() for store in s.cache.stores.values() if store is not None)
+        name: s.cache.store.nbytes() if s.cache.store is not None else 0
         for name, s in systems.items()
         if s.cache is not None
     }
@@ -214,7 +218,7 @@ def cache_size_table(item_bytes: int) -> list[str]:
 
 def item_bytes(device: torch.device, size: int) -> int:
     """float32 bytes of one image's cached AAND teacher output (amplified levels + gates)."""
-    teacher = build_amplified_teacher(WRN50, RAA).to(device).eval()
+    teacher = build_teacher(WRN50, RAA).to(device).eval()
     with torch.no_grad():
         out = teacher(torch.zeros(1, 3, size, size, device=device))
     return FeatureStore.item_bytes(out, torch.float32)

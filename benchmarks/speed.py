@@ -173,6 +173,7 @@ def loader_throughput(batch: int, size: int, batches: int = 10) -> list[tuple[st
 
     from aand_lightning.data.datamodule import AnomalyDataModule
     from aand_lightning.data.demo import DemoDataset
+    from aand_lightning.data.preprocessing import Preprocessing
 
     rows = []
     with tempfile.TemporaryDirectory() as root:
@@ -180,7 +181,7 @@ def loader_throughput(batch: int, size: int, batches: int = 10) -> list[tuple[st
         for mode in ("synthetic", "normal"):
             for workers in sorted({0, 2, min(8, os.cpu_count() or 1)}):
                 datamodule = AnomalyDataModule(
-                    source, size, batch, num_workers=workers, val_fraction=0.0,
+                    source, Preprocessing(size), batch, num_workers=workers, val_fraction=0.0,
                     synthesizer=AnomalySynthesizer(), foreground_rules={"default": {"kind": "whole"}},
                 )  # fmt: skip
                 datamodule.setup()

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from aand_lightning.config import config_dir, config_file
-from aand_lightning.models.build import build_aand, build_amplified_teacher
+from aand_lightning.models.build import build_aand, build_teacher
 from aand_lightning.models.losses import (
     AmplificationLoss,
     CosineDistillationLoss,
@@ -27,7 +27,7 @@ RAA = config_file("raa/default.yaml")
 ANOMALY_MAP = config_file("train.yaml")["anomaly_map"]
 # ours_rd_w64: our RD with anomalib's 64-wide bottleneck (RD's own is 128-wide), to compare equal FLOPs
 SYSTEMS = ("ours_rd", "ours_rd_w64", "ours_aand", "anomalib_rd")
-WRN50_W64 = {**WRN50, "student": {**WRN50["student"], "fusion_width_per_group": 64}}
+WRN50_W64 = {**WRN50, "student": {**WRN50["student"], "bottleneck_width_per_group": 64}}
 
 
 def sync(device: torch.device) -> None:
@@ -66,7 +66,7 @@ class System:
         cache: TeacherFeatureCache | None = None,
     ) -> None:
         self.name = name
-        self.cache = cache  # ours only: stage 2's feature cache, used when a step names its items
+        self.cache = cache  # ours only: stage 2's feature cache, used when a step gives sample ids
         self.available = True
         self.channels_last, self.bf16 = channels_last, bf16
         self.device = device
@@ -105,18 +105,17 @@ class System:
         """bf16 autocast around forward and loss, as trainer.precision=bf16-mixed does."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def train_step(
-        self, images: torch.Tensor, dataset: object = None, indices: Sequence[int] | None = None
-    ) -> None:
-        """One optimizer step; with a cache, `indices` (items of `dataset`) select what it may serve."""
+    def train_step(self, images: torch.Tensor, ids: Sequence[int] | None = None) -> None:
+        """One optimizer step; with a cache, `ids` (the items' sample ids; None: not reusable) select
+        what it may serve."""
         self.model.train()
         with self._autocast():
             if self.name.startswith("ours"):
                 images = self._inputs(images)
                 cached = self.cache is not None
-                teacher = self.cache(self.model.teacher, images, dataset, indices) if cached else None
-                out = self.model(images, with_map=False, teacher=teacher)
-                loss = self.loss(out.teacher.amplified, out.student)
+                features = self.cache(self.model.teacher, images, ids) if cached else None
+                teacher, student = self.model.distill(images, features)
+                loss = self.loss(teacher.amplified, student)
             else:
                 encoder, decoder = self.model(self._inputs(images))
                 loss = self.loss(encoder, decoder)
@@ -130,7 +129,7 @@ class System:
         with self._autocast():
             out = self.model(self._inputs(images))
         if self.name.startswith("ours"):
-            return out.maps, out.scores
+            return out.map, out.score
         return out.anomaly_map, out.pred_score
 
 
@@ -139,7 +138,7 @@ class Stage1Step:
 
     def __init__(self, device: torch.device) -> None:
         torch.manual_seed(0)
-        self.teacher = build_amplified_teacher(WRN50, RAA).to(device).eval()
+        self.teacher = build_teacher(WRN50, RAA).to(device).eval()
         self.loss = AmplificationLoss()
         self.optimizer = configured_optimizer("amplify", self.teacher.raa.parameters())
 

@@ -12,7 +12,7 @@ import torch
 
 from aand_lightning.config import config_file
 from aand_lightning.data.batch import Item, collate
-from aand_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.models.build import build_aand
 from aand_lightning.models.losses import HardKnowledgeDistillationLoss
 from aand_lightning.stages import NormalityDistillation
@@ -159,17 +159,17 @@ class _Images(torch.utils.data.Dataset):
 
 @pytest.fixture(scope="session")
 def fused_checkpoint(tmp_path_factory) -> Path:
-    """A stage-2 checkpoint whose output is the fused map (`fusion=0.5`), made in-process: resnet18
+    """A stage-2 checkpoint whose output is the fused map with a fixed weight (`anomaly_map.output=fused`,
+    `fused_weight=0.5`), made in-process: resnet18
     without weights, untrained RAA, 64 px, one epoch of two steps, then calibrated on 'normal' images."""
     backbone = {**config_file("backbone/resnet18.yaml"), "weights": "none"}
     raa = {**config_file("raa/default.yaml"), "num_prototypes": 4}
-    anomaly_map = {**config_file("train.yaml")["anomaly_map"], "fusion": 0.5}
+    anomaly_map = {**config_file("train.yaml")["anomaly_map"], "output": "fused", "fused_weight": 0.5}
     torch.manual_seed(0)
-    config = {"backbone": backbone, "raa": raa, "anomaly_map": anomaly_map, "image_size": 64,
-              "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}  # fmt: skip
+    config = {"backbone": backbone, "raa": raa, "anomaly_map": anomaly_map}
     module = NormalityDistillation(
         build_aand(backbone, raa, anomaly_map), HardKnowledgeDistillationLoss(),
-        partial(torch.optim.Adam, lr=1e-3), model_config=config,
+        partial(torch.optim.Adam, lr=1e-3), preprocessing=Preprocessing((64, 64)), model_config=config,
     )  # fmt: skip
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,

@@ -3,8 +3,8 @@
 import pytest
 from hydra import compose, initialize_config_dir
 
-from aand_lightning.checks import ConfigError, check_config, check_wandb
 from aand_lightning.config import config_dir
+from aand_lightning.config.checks import ConfigError, check_config, check_wandb
 
 
 def _cfg(*overrides: str):

@@ -44,8 +44,8 @@ def ddp_run(workdir, cli_arguments) -> Path:
     return _train_ddp(cli_arguments, workdir, "ddp_all", *OVERRIDES)
 
 
-def test_ddp_stage_all_hands_over_the_teacher_and_writes_once(ddp_run, workdir):
-    assert (ddp_run / "amplify" / "teacher.pt").is_file()
+def test_ddp_stage_all_hands_over_the_amplifier_and_writes_once(ddp_run, workdir):
+    assert (ddp_run / "amplify" / "amplifier.pt").is_file()
     records = json.loads((ddp_run / "metrics.json").read_text())
     assert [r["stage"] for r in records] == ["amplify", "distill"]
     assert not (workdir / "outputs").exists() and not (workdir / "lightning_logs").exists()
@@ -55,7 +55,7 @@ def test_ddp_stage_all_hands_over_the_teacher_and_writes_once(ddp_run, workdir):
 def test_each_rank_caches_what_it_sees_and_the_metrics_are_the_uncached_ones(ddp_run, workdir, cli_arguments):
     """Each rank fills its own stage-2 feature cache with the items it sees (a different share every
     epoch); the metrics equal those of the same DDP run without the cache (its stage 1 comes from the
-    teacher cache, which per-stage seeding makes the same stage-2 run)."""
+    amplifier cache, which per-stage seeding makes the same stage-2 run)."""
     logs = [path.read_text() for path in sorted(ddp_run.glob("train*.log"))]
     assert len(logs) == 2 and all("Stage-2 feature cache on" in log for log in logs)  # both ranks cached
     off = _train_ddp(
@@ -70,7 +70,7 @@ def test_ddp_evaluation_scores_what_one_process_scores(ddp_run, workdir, train_a
     one process from its last checkpoint, gets the metrics the 2 ranks reported."""
     checkpoint = ddp_run / "distill" / "checkpoints" / LAST
     _, single = train_at(
-        workdir, "single_eval", "trainer=cpu", "stage=distill", f"teacher_ckpt={ddp_run}",
+        workdir, "single_eval", "trainer=cpu", "stage=distill", f"amplifier={ddp_run}",
         "distill.epochs=2", f"ckpt_path={checkpoint}", *BACKBONE,
     )  # fmt: skip
     record = json.loads((single / "distill" / "metrics.json").read_text())

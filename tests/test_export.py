@@ -7,14 +7,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from aand_lightning.checkpoint import load_model
+from aand_lightning.artifacts.checkpoint import load_model
 from aand_lightning.export import _export, export, max_difference, run_exported
 
 
 @pytest.mark.parametrize("checkpoint", ["stage2_checkpoint", "fused_checkpoint"])
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_matches_pytorch_with_dynamic_batch(checkpoint, request, tmp_path, fmt):
-    model, _ = load_model(request.getfixturevalue(checkpoint))
+    model = load_model(request.getfixturevalue(checkpoint)).model
     path = export(model, (64, 64), fmt, tmp_path / f"model.{fmt}")
     assert max_difference(model, path, fmt, (64, 64), batch_sizes=(1, 3)) < 1e-4
     maps, scores = run_exported(path, fmt, torch.randn(5, 3, 64, 64))
@@ -37,22 +37,28 @@ def test_export_cli_writes_sidecar(stage2_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Max |exported − PyTorch|" in result.stdout
     sidecar = json.loads(output.with_name("model.onnx.json").read_text())
-    assert sidecar["image_size"] == [64, 64] and len(sidecar["mean"]) == 3 and sidecar["threshold"] > 0
+    preprocessing = sidecar["preprocessing"]
+    assert (
+        preprocessing["image_size"] == [64, 64]
+        and len(preprocessing["mean"]) == 3
+        and sidecar["threshold"] > 0
+    )
     assert sidecar["map_threshold"] == sidecar["threshold"]  # the paper's map: one threshold for both
 
 
 def test_fused_checkpoint_exports_the_fused_map(fused_checkpoint, tmp_path):
-    model, config = load_model(fused_checkpoint)
-    assert config["anomaly_map"]["fusion"] == 0.5 and model.map_name == "fused"
-    assert model.fusion.calibrated and torch.isfinite(model.threshold)
+    trained = load_model(fused_checkpoint)
+    model, anomaly_map = trained.model, trained.settings["anomaly_map"]
+    assert anomaly_map["output"] == "fused" and anomaly_map["fused_weight"] == 0.5 and model.output == "fused"
+    assert model.fused_map.calibrated and torch.isfinite(model.threshold)
     images = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
-        out = model(images, all_maps=True)
-    assert not torch.allclose(out.maps_by_name["fused"], out.maps_by_name["aand"])
+        out = model(images, maps=model.map_names())
+    assert not torch.allclose(out.maps["fused"], out.maps["aand"])
     maps, scores = run_exported(export(model, (64, 64), "onnx", tmp_path / "fused.onnx"), "onnx", images)
-    np.testing.assert_allclose(maps, out.maps_by_name["fused"].numpy(), atol=1e-4)
-    np.testing.assert_allclose(scores, out.scores.numpy(), atol=1e-4)
-    np.testing.assert_allclose(scores, out.maps_by_name["aand"].flatten(1).amax(1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(maps, out.maps["fused"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(scores, out.score.numpy(), atol=1e-4)
+    np.testing.assert_allclose(scores, out.maps["aand"].flatten(1).amax(1).numpy(), atol=1e-4)
 
 
 def test_fused_sidecar_carries_both_thresholds(fused_checkpoint, tmp_path):
@@ -61,7 +67,7 @@ def test_fused_sidecar_carries_both_thresholds(fused_checkpoint, tmp_path):
                 "verify": True, "tolerance": 1e-4}  # fmt: skip
     _export(OmegaConf.create(settings))
     sidecar = json.loads(output.with_name("fused.pt.json").read_text())
-    model, _ = load_model(fused_checkpoint)
+    model = load_model(fused_checkpoint).model
     assert sidecar["threshold"] == pytest.approx(float(model.threshold))
     assert sidecar["map_threshold"] == pytest.approx(float(model.map_threshold))
     assert sidecar["threshold"] != pytest.approx(sidecar["map_threshold"])

@@ -1,4 +1,5 @@
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from aand_lightning.checkpoint import load_model
+from aand_lightning.artifacts.checkpoint import load_model
+from aand_lightning.data.io import read_image
 from aand_lightning.predict import PredictError, choose_thresholds, find_images, predict_images, run
 
 
@@ -27,7 +29,7 @@ def test_predict_folder_writes_overlays_masks_and_scores(stage2_checkpoint, demo
     scores_csv = run(_cfg(stage2_checkpoint, test_dir, tmp_path / "out"))
     rows = list(csv.DictReader(scores_csv.open()))
     assert len(rows) == len(find_images(test_dir)) == 25
-    model, _ = load_model(stage2_checkpoint)
+    model = load_model(stage2_checkpoint).model
     assert all(float(r["threshold"]) == pytest.approx(float(model.threshold), rel=1e-5) for r in rows)
     assert all(int(r["is_anomalous"]) == (float(r["score"]) > float(r["threshold"])) for r in rows)
     assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 25
@@ -52,28 +54,26 @@ def test_predict_cli_end_to_end(stage2_checkpoint, demo_root, tmp_path):
 
 def test_threshold_modes(stage2_checkpoint, demo_root):
     """The paper's map: the image score is the map's maximum, so each mode gives one threshold for both."""
-    model, model_config = load_model(stage2_checkpoint)
+    trained = load_model(stage2_checkpoint)
     test_dir = demo_root / "brick" / "test"
-    number = choose_thresholds(model, model_config, _cfg(stage2_checkpoint, test_dir, "x", threshold=0.25))
+    number = choose_thresholds(trained, _cfg(stage2_checkpoint, test_dir, "x", threshold=0.25))
     assert number.score == number.map == 0.25
-    stored = choose_thresholds(model, model_config, _cfg(stage2_checkpoint, test_dir, "x"))
-    assert stored.score == stored.map == pytest.approx(float(model.threshold))
+    stored = choose_thresholds(trained, _cfg(stage2_checkpoint, test_dir, "x"))
+    assert stored.score == stored.map == pytest.approx(float(trained.model.threshold))
     good = sorted((test_dir / "good").glob("*.png"))
-    good_scores = np.array([s for *_, s in predict_images(model, model_config, good, progress=False)])
+    good_scores = np.array([s for *_, s in predict_images(trained, good, progress=False)])
     percentile = choose_thresholds(
-        model,
-        model_config,
+        trained,
         _cfg(
             stage2_checkpoint, test_dir, "x", threshold="percentile", threshold_images=str(test_dir / "good")
         ),
     )
     assert percentile.score == percentile.map == pytest.approx(np.percentile(good_scores, 99))
     paths = find_images(test_dir)
-    scores = np.array([s for *_, s in predict_images(model, model_config, paths, progress=False)])
+    scores = np.array([s for *_, s in predict_images(trained, paths, progress=False)])
     labels = np.array([p.parent.name != "good" for p in paths])
     f1_threshold = choose_thresholds(
-        model,
-        model_config,
+        trained,
         _cfg(stage2_checkpoint, test_dir, "x", threshold="f1", threshold_images=str(test_dir)),
     )
     assert f1_threshold.score == f1_threshold.map
@@ -93,11 +93,11 @@ def test_bad_inputs_name_the_fix(stage2_checkpoint, tmp_path):
         find_images(tmp_path / "missing")
     with pytest.raises(PredictError, match="no images"):
         find_images(tmp_path)
-    model, model_config = load_model(stage2_checkpoint)
+    trained = load_model(stage2_checkpoint)
     with pytest.raises(PredictError, match="threshold_images="):
-        choose_thresholds(model, model_config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="percentile"))
+        choose_thresholds(trained, _cfg(stage2_checkpoint, tmp_path, "x", threshold="percentile"))
     with pytest.raises(PredictError, match="Unknown threshold"):
-        choose_thresholds(model, model_config, _cfg(stage2_checkpoint, tmp_path, "x", threshold="median"))
+        choose_thresholds(trained, _cfg(stage2_checkpoint, tmp_path, "x", threshold="median"))
     (tmp_path / "unreadable").mkdir()
     (tmp_path / "unreadable" / "broken.png").write_bytes(b"not an image")
     unreadable = _cfg(
@@ -108,10 +108,10 @@ def test_bad_inputs_name_the_fix(stage2_checkpoint, tmp_path):
         threshold_images=str(tmp_path / "unreadable"),
     )
     with pytest.warns(UserWarning, match="broken.png"), pytest.raises(PredictError, match="None of the"):
-        choose_thresholds(model, model_config, unreadable)
-    model.threshold.fill_(float("nan"))  # a checkpoint trained without validation images
+        choose_thresholds(trained, unreadable)
+    trained.model.threshold.fill_(float("nan"))  # a checkpoint trained without validation images
     with pytest.raises(PredictError, match="threshold=<number>"):
-        choose_thresholds(model, model_config, _cfg(stage2_checkpoint, tmp_path, "x"))
+        choose_thresholds(trained, _cfg(stage2_checkpoint, tmp_path, "x"))
 
 
 def _noise_images(folder: Path, count: int) -> Path:
@@ -124,14 +124,12 @@ def _noise_images(folder: Path, count: int) -> Path:
 
 def test_fused_checkpoint_decides_on_the_papers_score_and_masks_on_the_fused_map(fused_checkpoint, tmp_path):
     images = _noise_images(tmp_path / "in", 3)
-    model, model_config = load_model(fused_checkpoint)
-    assert model.map_name == "fused" and not torch.isclose(model.threshold, model.map_threshold)
+    trained = load_model(fused_checkpoint)
+    model = trained.model
+    assert model.output == "fused" and not torch.isclose(model.threshold, model.map_threshold)
     rows = list(csv.DictReader(run(_cfg(fused_checkpoint, images, tmp_path / "out")).open()))
     assert len(rows) == 3
-    predicted = {
-        p.name: (amap, score)
-        for p, _, amap, score in predict_images(model, model_config, find_images(images))
-    }
+    predicted = {p.name: (amap, score) for p, _, amap, score in predict_images(trained, find_images(images))}
     for row in rows:  # the decision: the paper's score against the threshold chosen on it
         assert float(row["threshold"]) == pytest.approx(float(model.threshold), rel=1e-5)
         assert int(row["is_anomalous"]) == (float(row["score"]) > float(row["threshold"]))
@@ -142,20 +140,80 @@ def test_fused_checkpoint_decides_on_the_papers_score_and_masks_on_the_fused_map
             mask, amap > float(model.map_threshold)
         )  # the mask: the fused map's own
     with torch.no_grad():
-        paper = model(torch.randn(2, 3, 64, 64), all_maps=True)
-    assert torch.equal(paper.scores, paper.maps_by_name["aand"].flatten(1).amax(1))
+        paper = model(torch.randn(2, 3, 64, 64), maps=model.map_names())
+    assert torch.equal(paper.score, paper.maps["aand"].flatten(1).amax(1))
 
 
 def test_fused_checkpoint_chooses_each_threshold_on_its_own_values(fused_checkpoint, tmp_path):
     images = _noise_images(tmp_path / "good", 5)
-    model, model_config = load_model(fused_checkpoint)
-    outputs = list(predict_images(model, model_config, find_images(images), progress=False))
+    trained = load_model(fused_checkpoint)
+    outputs = list(predict_images(trained, find_images(images), progress=False))
     scores, peaks = np.array([s for *_, s in outputs]), np.array([amap.max() for *_, amap, _ in outputs])
     assert not np.allclose(scores, peaks)
     chosen = choose_thresholds(
-        model,
-        model_config,
+        trained,
         _cfg(fused_checkpoint, images, "x", threshold="percentile", threshold_images=str(images)),
     )
     assert chosen.score == pytest.approx(np.percentile(scores, 99))
     assert chosen.map == pytest.approx(np.percentile(peaks, 99))
+
+
+# A preprocessing unlike every default (size, resize method, mean, std): a stage that fell back to a
+# default of its own would feed the model other tensors than training did.
+PREPROCESSING = (
+    "dataset.image_size=[64,96]", "preprocessing.interpolation=cv2_cubic",
+    "+preprocessing.mean=[0.5,0.4,0.3]", "+preprocessing.std=[0.2,0.25,0.3]",
+)  # fmt: skip
+
+
+def test_train_predict_and_export_use_the_one_preprocessing(train_in_process, cli_arguments, tmp_path):
+    """The training config's `preprocessing` is what the datamodule feeds, what the checkpoint stores,
+    what the export sidecar says and what predict feeds the model, bit for bit."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from aand_lightning.config import config_dir
+    from aand_lightning.data.preprocessing import Preprocessing
+    from aand_lightning.export import _export
+
+    overrides = ("stage=distill", "raa=off", *PREPROCESSING)
+    _, run_dir = train_in_process("run", *overrides)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(
+            "train", return_hydra_config=True,
+            overrides=cli_arguments(tmp_path, run_dir, f"hydra.runtime.output_dir={run_dir}", *overrides),
+        )  # fmt: skip
+    HydraConfig.instance().set_config(cfg)  # as in the training run: paths resolve against its runtime
+    configured = instantiate(cfg.preprocessing)
+    assert configured == Preprocessing((64, 96), "cv2_cubic", (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    datamodule = instantiate(cfg.datamodule)
+    assert datamodule.preprocessing == configured
+
+    ckpt = run_dir / "distill" / "checkpoints" / "last.ckpt"
+    trained = load_model(ckpt)
+    assert trained.preprocessing == configured
+
+    output = tmp_path / "model.pt"
+    _export(OmegaConf.create({"ckpt": str(ckpt), "format": "torchscript", "output": str(output),
+                              "opset": 17, "verify": False, "tolerance": 1e-4}))  # fmt: skip
+    sidecar = json.loads(output.with_name("model.pt.json").read_text())["preprocessing"]
+    assert sidecar == {"image_size": [64, 96], "interpolation": "cv2_cubic", "mean": [0.5, 0.4, 0.3],
+                       "std": [0.2, 0.25, 0.3]}  # fmt: skip
+    assert Preprocessing.from_dict(sidecar) == configured
+
+    datamodule.setup()
+    sample = datamodule.splits.train[0]
+    item = datamodule.dataset([sample], "normal")[0]
+    fed = []
+    hook = trained.model.register_forward_pre_hook(lambda _, args: fed.append(args[0].clone()))
+    try:
+        (path, image, amap, _), *rest = predict_images(trained, [sample.image], progress=False)
+    finally:
+        hook.remove()
+    assert not rest and path == sample.image and len(fed) == 1
+    assert image.shape == (64, 96, 3) and amap.shape == (64, 96)
+    assert fed[0].shape == (1, 3, 64, 96) and torch.equal(fed[0][0], item.image)
+    # the check tells them apart: the defaults (PIL bicubic, ImageNet statistics) give another tensor
+    _, default_input = Preprocessing((64, 96))(read_image(sample.image))
+    assert not torch.allclose(default_input, item.image, atol=1e-3)

@@ -1,5 +1,5 @@
 """`protocol=authors`: trains on all of train/good, selects each stage on the test set, stops early,
-and hands stage 2 the selected stage-1 teacher; every record says so."""
+and hands stage 2 the selected stage-1 amplifier; every record says so."""
 
 import json
 
@@ -8,7 +8,7 @@ import torch
 from aand_lightning.callbacks.last_checkpoint import LAST
 
 
-def test_authors_protocol_selects_stops_and_hands_over_the_selected_teacher(train_in_process):
+def test_authors_protocol_selects_stops_and_hands_over_the_selected_amplifier(train_in_process):
     records, run_dir = train_in_process(
         "authors", "stage=all", "protocol=authors", "protocol.check_val_every_n_epoch=1",
         "trainer.limit_val_batches=1.0", "amplify.epochs=4", "protocol.amplify.min_epochs=2",
@@ -18,10 +18,10 @@ def test_authors_protocol_selects_stops_and_hands_over_the_selected_teacher(trai
     # stage 1 stopped early: image AUROC > 0.0 at the first validation, but not before min_epochs
     last = torch.load(run_dir / "amplify" / "checkpoints" / LAST, weights_only=True)
     assert last["epoch"] == 1
-    # the handed-over teacher is the selected (best.ckpt) epoch's, not the last one's
+    # the handed-over amplifier is the selected (best.ckpt) epoch's, not the last one's
     best = torch.load(run_dir / "amplify" / "checkpoints" / "best.ckpt", weights_only=True)
     assert best["epoch"] < last["epoch"]
-    teacher = torch.load(run_dir / "amplify" / "teacher.pt", weights_only=True)["state_dict"]
+    teacher = torch.load(run_dir / "amplify" / "amplifier.pt", weights_only=True)["state_dict"]
     for key, value in teacher.items():
         assert torch.equal(value, best["state_dict"][f"teacher.{key}"]), key
     assert any(not torch.equal(v, last["state_dict"][f"teacher.{k}"]) for k, v in teacher.items())

@@ -29,7 +29,7 @@ def _overrides(*extra: str) -> list[str]:
     """The smoke run with EPOCHS epochs per stage (a kill can land before the last), csv logging; the
     learning rate drops at epoch 2, so a resume that lost the scheduler's state ends elsewhere."""
     return [
-        "logger=csv", "teacher_cache=null", f"amplify.epochs={EPOCHS}", f"distill.epochs={EPOCHS}",
+        "logger=csv", "amplifier_cache=null", f"amplify.epochs={EPOCHS}", f"distill.epochs={EPOCHS}",
         "amplify.scheduler.milestones=[2]", "distill.scheduler.milestones=[2]", *extra,
     ]  # fmt: skip
 
@@ -90,7 +90,7 @@ def test_run_killed_in_each_stage_resumes_to_the_same_metrics(
     if len(stages) == 2:  # resume: stage 1 finishes, then kill again while stage 2 trains
         _kill_while_training([*command, "ckpt_path=last"], tmp_path, resumed_dir / "distill")
         assert (resumed_dir / "amplify" / "metrics.json").is_file(), "stage 1 did not finish on resume"
-    caplog.set_level(logging.INFO, logger="aand_lightning.train")
+    caplog.set_level(logging.INFO, logger="aand_lightning")  # the entry point and the modules it calls
     train_at(tmp_path, "resumed", *_overrides(*overrides), "ckpt_path=last")
     assert "Resuming stage distill from" in caplog.text
     if len(stages) == 2:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aand_lightning.handoff import TeacherArtifactError, load_teacher
+from aand_lightning.artifacts.amplifier import AmplifierError, load_amplifier
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +24,12 @@ def stage_all(tmp_path_factory, cli_arguments) -> Path:
     return run_dir
 
 
-def test_stage_all_writes_metrics_teacher_checkpoints_and_heatmaps(stage_all):
+def test_stage_all_writes_metrics_amplifier_checkpoints_and_heatmaps(stage_all):
     for stage in ("amplify", "distill"):
         record = json.loads((stage_all / stage / "metrics.json").read_text())
         assert record["stage"] == stage and record["dataset"] == "demo" and record["category"] == "brick"
-        assert record["textures"].startswith("procedural (seed 0")  # stage 2 reads it from the teacher
+        assert record["textures"].startswith("procedural (seed 0")  # stage 2 reads it from the amplifier
+        assert record["map"] == {"amplify": "gate", "distill": "aand"}[stage]  # each stage's output map
         for key in ("image_auroc", "pixel_auroc", "aupro"):
             assert 0.0 <= record["metrics"][key] <= 1.0
         assert (stage_all / stage / "checkpoints" / "last.ckpt").is_file()
@@ -36,30 +37,30 @@ def test_stage_all_writes_metrics_teacher_checkpoints_and_heatmaps(stage_all):
         assert (stage_all / stage / "roc.png").is_file() and (
             stage_all / stage / "score_histogram.png"
         ).is_file()
-    assert (stage_all / "amplify" / "teacher.pt").is_file()
+    assert (stage_all / "amplify" / "amplifier.pt").is_file()
     combined = json.loads((stage_all / "metrics.json").read_text())
     assert [r["stage"] for r in combined] == ["amplify", "distill"]
 
 
-def test_distill_from_a_stage1_teacher_is_the_same_run_as_stage2_of_stage_all(stage_all, train_at):
+def test_distill_from_a_stage1_amplifier_is_the_same_run_as_stage2_of_stage_all(stage_all, train_at):
     """Each stage starts from the seed: stage 2 must not depend on whether stage 1 ran just before it
-    (nor, so, on whether the teacher came from the cache)."""
-    _, run_dir = train_at(stage_all.parent, "run_distill", "stage=distill", f"teacher_ckpt={stage_all}")
+    (nor, so, on whether the amplifier came from the cache)."""
+    _, run_dir = train_at(stage_all.parent, "run_distill", "stage=distill", f"amplifier={stage_all}")
     alone = json.loads((run_dir / "distill" / "metrics.json").read_text())
     after_stage1 = json.loads((stage_all / "distill" / "metrics.json").read_text())
     assert alone["stage"] == "distill"
     assert alone["metrics"] == pytest.approx(after_stage1["metrics"], abs=1e-6)
 
 
-def test_stage2_sweep_reuses_the_cached_stage1_teacher(stage_all, caplog, train_at):
-    caplog.set_level(logging.INFO, logger="aand_lightning.train")
+def test_stage2_sweep_reuses_the_cached_stage1_amplifier(stage_all, caplog, train_at):
+    caplog.set_level(logging.INFO, logger="aand_lightning")  # the cache logs from artifacts/
     records, run_dir = train_at(stage_all.parent, "run_cached", "stage=all", "loss.k_hard=5")
-    assert "Reusing the cached stage-1 teacher" in caplog.text
+    assert "Reusing the cached stage-1 amplifier" in caplog.text
     assert not (run_dir / "amplify").exists()  # stage 1 did not run again
     assert [r["stage"] for r in records] == ["amplify", "distill"] and "cached_from" in records[0]
-    # a different stage-1 setting is a different teacher
+    # a different stage-1 setting is a different amplifier
     _, other = train_at(stage_all.parent, "run_other", "stage=amplify", "raa.temperature=0.5")
-    assert (other / "amplify" / "teacher.pt").is_file()
+    assert (other / "amplify" / "amplifier.pt").is_file()
 
 
 def test_rd_baseline_with_the_authors_protocol_is_labelled(stage_all, train_at):
@@ -73,26 +74,28 @@ def test_rd_baseline_with_the_authors_protocol_is_labelled(stage_all, train_at):
     assert record["performance"]["inference_images_per_second"] > 0
 
 
-def test_distill_without_teacher_names_the_fix(stage_all, train_at):
-    with pytest.raises(TeacherArtifactError, match="pass teacher_ckpt="):
-        train_at(stage_all.parent, "run_missing", "stage=distill", "teacher_cache=null")
+def test_distill_without_amplifier_names_the_fix(stage_all, train_at):
+    with pytest.raises(AmplifierError, match="pass amplifier="):
+        train_at(stage_all.parent, "run_missing", "stage=distill", "amplifier_cache=null")
 
 
-def test_teacher_is_rebuilt_from_its_own_settings_and_a_disagreeing_config_is_refused(stage_all, tmp_path):
-    artifact = stage_all / "amplify" / "teacher.pt"
+def test_teacher_is_rebuilt_from_its_amplifier_settings_and_a_disagreeing_config_is_refused(
+    stage_all, tmp_path
+):
+    artifact = stage_all / "amplify" / "amplifier.pt"
     raa = {"enabled": True, "num_prototypes": 50, "temperature": 0.2, "max_hidden": 1024, "eps": 1e-8}
-    teacher, about = load_teacher(artifact, {"name": "resnet18", "weights": "imagenet"}, raa)
+    teacher, about = load_amplifier(artifact, {"name": "resnet18", "weights": "imagenet"}, raa)
     assert teacher.raa[0].temperature == 0.2 and len(teacher.raa) == 3
     assert about["textures"].startswith("procedural")
-    with pytest.raises(TeacherArtifactError, match=r"pass backbone=resnet18 "):
-        load_teacher(artifact, {"name": "tf_efficientnet_lite0"}, raa)
+    with pytest.raises(AmplifierError, match=r"pass backbone=resnet18 "):
+        load_amplifier(artifact, {"name": "tf_efficientnet_lite0"}, raa)
     for key, value in (("num_prototypes", 8), ("temperature", 0.5), ("eps", 1e-6)):
-        with pytest.raises(TeacherArtifactError, match=rf"pass raa\.{key}={raa[key]} "):
-            load_teacher(artifact, {"name": "resnet18"}, raa | {key: value})
-    junk = tmp_path / "teacher.pt"
+        with pytest.raises(AmplifierError, match=rf"pass raa\.{key}={raa[key]} "):
+            load_amplifier(artifact, {"name": "resnet18"}, raa | {key: value})
+    junk = tmp_path / "amplifier.pt"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(TeacherArtifactError, match="is not a stage-1 teacher artifact") as error:
-        load_teacher(junk, {"name": "resnet18"}, raa)
+    with pytest.raises(AmplifierError, match="is not a stage-1 amplifier") as error:
+        load_amplifier(junk, {"name": "resnet18"}, raa)
     assert "weights_only" not in str(error.value)
 
 
@@ -138,9 +141,9 @@ def test_folder_dataset_without_test_split_trains_and_skips_evaluation(stage_all
     train_dir = stage_all.parent / "demo" / "brick" / "train" / "good"
     _, run_dir = train_at(
         stage_all.parent, "run_folder", "stage=all", "dataset=folder", f"dataset.train_dir={train_dir}",
-        "dataset.category=my_parts", "teacher_cache=null",
+        "dataset.category=my_parts", "amplifier_cache=null",
     )  # fmt: skip
-    assert (run_dir / "amplify" / "teacher.pt").is_file()
+    assert (run_dir / "amplify" / "amplifier.pt").is_file()
     assert json.loads((run_dir / "distill" / "metrics.json").read_text())["metrics"] == {}
 
 

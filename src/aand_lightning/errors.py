@@ -10,3 +10,7 @@ from __future__ import annotations
 
 class UserError(ValueError):
     """Bad input from the user; `str(error)` is one sentence that says what to pass or fix."""
+
+
+class ModelConfigError(UserError):
+    """A model setting is missing from a config mapping (config, checkpoint, artifact); names its key."""

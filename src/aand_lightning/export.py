@@ -2,8 +2,8 @@
 
 Exports the whole inference path — normalised image (B,3,H,W) → anomaly map (B,1,H,W) and score (B,),
 σ = 4 smoothing included — with a dynamic batch dimension, checks it numerically against PyTorch
-and writes a JSON sidecar with the preprocessing (image size, mean, std) and the thresholds (on the
-score, and on the map for masks).
+and writes a JSON sidecar with the model's preprocessing (image size, interpolation, mean, std; the
+same value the checkpoint stores) and the thresholds (on the score, and on the map for masks).
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from aand_lightning.checkpoint import load_model
-from aand_lightning.cli import user_errors
+from aand_lightning.artifacts.checkpoint import load_model
 from aand_lightning.config import config_dir
-from aand_lightning.data.transforms import as_size
 from aand_lightning.errors import UserError
 from aand_lightning.models.aand import AAND
+from aand_lightning.reporting.failures import user_errors
 
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 
@@ -37,7 +36,7 @@ class InferencePath(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images)
-        return out.maps, out.scores
+        return out.map, out.score
 
 
 def suffix(fmt: str) -> str:
@@ -91,8 +90,8 @@ def max_difference(
         maps, scores = run_exported(path, fmt, images)
         worst = max(
             worst,
-            float(np.abs(maps - out.maps.numpy()).max()),
-            float(np.abs(scores - out.scores.numpy()).max()),
+            float(np.abs(maps - out.map.numpy()).max()),
+            float(np.abs(scores - out.score.numpy()).max()),
         )
     return worst
 
@@ -105,16 +104,15 @@ def main(cfg: DictConfig) -> None:
 
 def _export(cfg: DictConfig) -> None:
     """Export, write the sidecar, and verify against PyTorch."""
-    model, config = load_model(cfg.ckpt)
-    image_size = as_size(config["image_size"])
+    trained = load_model(cfg.ckpt)
+    model, image_size = trained.model, trained.preprocessing.image_size
     path = Path(cfg.output) if cfg.output else Path(cfg.ckpt).with_suffix(suffix(cfg.format))
     export(model, image_size, cfg.format, path, cfg.opset)
     threshold, map_threshold = float(model.threshold), float(model.map_threshold)
     sidecar = {
         "format": cfg.format, "input": "normalised RGB image (B, 3, H, W), float32",
         "outputs": ["anomaly_map (B, 1, H, W)", "score (B,)"],
-        "image_size": list(image_size),
-        "mean": config["mean"], "std": config["std"],
+        "preprocessing": trained.preprocessing.to_dict(),
         "threshold": None if math.isnan(threshold) else threshold,  # anomalous: score > threshold
         "map_threshold": None if math.isnan(map_threshold) else map_threshold,  # mask: map > map_threshold
     }  # fmt: skip

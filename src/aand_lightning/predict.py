@@ -22,15 +22,13 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from aand_lightning.checkpoint import load_model
-from aand_lightning.cli import user_errors
+from aand_lightning.artifacts.checkpoint import TrainedModel, load_model
 from aand_lightning.config import config_dir
 from aand_lightning.data.io import GOOD, CorruptImageError, list_images, read_image
-from aand_lightning.data.transforms import as_size, normalize, resize
 from aand_lightning.errors import UserError
 from aand_lightning.metrics.anomaly_metrics import f1_max
-from aand_lightning.models.aand import AAND
-from aand_lightning.visualization import heatmap_overlay, write_png
+from aand_lightning.reporting.failures import user_errors
+from aand_lightning.reporting.visualization import heatmap_overlay, write_png
 
 
 class PredictError(UserError):
@@ -56,38 +54,33 @@ def _batches(paths: Sequence[Path], size: int) -> Iterator[list[Path]]:
 
 
 def predict_images(
-    model: AAND,
-    model_config: dict,
+    trained: TrainedModel,
     paths: Sequence[Path],
     batch_size: int = 8,
     device: str = "cpu",
     progress: bool = True,
 ) -> Iterator[tuple[Path, np.ndarray, np.ndarray, float]]:
     """Yield (path, resized uint8 image, map HxW, score) per readable image; unreadable ones are skipped."""
-    transform = resize(as_size(model_config["image_size"]), model_config["interpolation"])
-    model = model.to(device)
+    model = trained.model.to(device)
     with tqdm(total=len(paths), disable=not progress, desc="predict", unit="img") as bar:
         for batch in _batches(paths, batch_size):
-            images, kept = [], []
+            images, inputs, kept = [], [], []
             for path in batch:
                 try:
-                    images.append(transform(image=read_image(path))["image"])
-                    kept.append(path)
+                    image, tensor = trained.preprocessing(read_image(path))
                 except CorruptImageError as error:
                     warnings.warn(f"Skipping {path}: {error}", stacklevel=2)
+                    continue
+                images.append(image)
+                inputs.append(tensor)
+                kept.append(path)
             bar.update(len(batch))
             if not kept:
                 continue
-            tensor = torch.stack(
-                [
-                    normalize(i.astype(np.float32) / 255.0, model_config["mean"], model_config["std"])
-                    for i in images
-                ]
-            )
             with torch.no_grad():
-                out = model(tensor.to(device))
+                out = model(torch.stack(inputs).to(device))
             for path, image, amap, score in zip(
-                kept, images, out.maps[:, 0].cpu().numpy(), out.scores.cpu().tolist(), strict=True
+                kept, images, out.map[:, 0].cpu().numpy(), out.score.cpu().tolist(), strict=True
             ):
                 yield path, image, amap, score
 
@@ -100,12 +93,12 @@ class Thresholds(NamedTuple):
 
 
 def _scores_and_peaks(
-    model: AAND, model_config: dict, paths: Sequence[Path], batch_size: int, device: str
+    trained: TrainedModel, paths: Sequence[Path], batch_size: int, device: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """The image scores and the map maxima of the images (equal unless the map is the fused one)."""
     rows = [
         (score, amap.max())
-        for *_, amap, score in predict_images(model, model_config, paths, batch_size, device, progress=False)
+        for *_, amap, score in predict_images(trained, paths, batch_size, device, progress=False)
     ]
     if not rows:
         raise PredictError("None of the threshold_images could be read; pass a folder of readable images.")
@@ -113,14 +106,14 @@ def _scores_and_peaks(
     return scores, peaks
 
 
-def choose_thresholds(model: AAND, model_config: dict, cfg: DictConfig) -> Thresholds:
+def choose_thresholds(trained: TrainedModel, cfg: DictConfig) -> Thresholds:
     """The thresholds of `cfg.threshold`: stored, a number (both), or percentile / f1, each applied to
     the image scores and to the map maxima of `threshold_images`."""
     mode = cfg.threshold
     if isinstance(mode, (int, float)):
         return Thresholds(float(mode), float(mode))
     if mode == "stored":
-        stored = Thresholds(float(model.threshold), float(model.map_threshold))
+        stored = Thresholds(float(trained.model.threshold), float(trained.model.map_threshold))
         if math.isnan(stored.score) or math.isnan(stored.map):
             raise PredictError(
                 "This checkpoint stores no threshold chosen on its validation images; pass "
@@ -133,7 +126,7 @@ def choose_thresholds(model: AAND, model_config: dict, cfg: DictConfig) -> Thres
         kind = "normal" if mode == "percentile" else "labelled"
         raise PredictError(f"threshold={mode} needs threshold_images=<folder> of {kind} images.")
     paths = find_images(cfg.threshold_images)
-    values = _scores_and_peaks(model, model_config, paths, cfg.batch_size, cfg.device)
+    values = _scores_and_peaks(trained, paths, cfg.batch_size, cfg.device)
     if mode == "percentile":
         return Thresholds(*(float(np.percentile(v, cfg.threshold_percentile)) for v in values))
     labels = np.array([0 if p.parent.name == GOOD else 1 for p in paths])
@@ -148,9 +141,9 @@ def choose_thresholds(model: AAND, model_config: dict, cfg: DictConfig) -> Thres
 
 def run(cfg: DictConfig) -> Path:
     """Predict every input image; returns the path of scores.csv."""
-    model, model_config = load_model(cfg.ckpt)
+    trained = load_model(cfg.ckpt)
     paths = find_images(cfg.input)
-    thresholds = choose_thresholds(model, model_config, cfg)
+    thresholds = choose_thresholds(trained, cfg)
     output = Path(cfg.output)
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     (output / "masks").mkdir(parents=True, exist_ok=True)
@@ -158,9 +151,7 @@ def run(cfg: DictConfig) -> Path:
     with open(output / "scores.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("path", "score", "threshold", "is_anomalous"))
-        for path, image, amap, score in predict_images(
-            model, model_config, paths, cfg.batch_size, cfg.device
-        ):
+        for path, image, amap, score in predict_images(trained, paths, cfg.batch_size, cfg.device):
             name = "__".join(path.relative_to(root).with_suffix("").parts)
             mask = amap > thresholds.map
             overlay = heatmap_overlay(image, amap, (0.0, 2 * thresholds.map), mask, score)

@@ -4,23 +4,28 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
+from aand_lightning.config import config_dir
 from aand_lightning.data.datamodule import AnomalyDataModule, split_validation
 from aand_lightning.data.datasets import AnomalyDataset
 from aand_lightning.data.io import read_image
 from aand_lightning.data.mvtec import MVTecAD
+from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.data.records import Sample
 from aand_lightning.data.synthesis.foreground import ForegroundRule, foreground_mask
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
-from aand_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, resize
+from aand_lightning.data.transforms import denormalize, resize
 from aand_lightning.data.visa import VisA
 
 
-def _datamodule(source, **kwargs) -> AnomalyDataModule:
-    defaults = {"image_size": (24, 40), "batch_size": 2, "num_workers": 0, "val_fraction": 0.34}
+def _datamodule(source, image_size=(24, 40), interpolation="pil_bicubic", **kwargs) -> AnomalyDataModule:
+    defaults = {"batch_size": 2, "num_workers": 0, "val_fraction": 0.34}
     dm = AnomalyDataModule(
-        source, synthesizer=AnomalySynthesizer(clean_probability=0.0), **(defaults | kwargs)
-    )
+        source, Preprocessing(image_size, interpolation),
+        synthesizer=AnomalySynthesizer(clean_probability=0.0), **(defaults | kwargs),
+    )  # fmt: skip
     dm.setup("fit")
     return dm
 
@@ -66,7 +71,7 @@ def test_mask_aligned_with_its_image_and_normalisation_inverts(mvtec_root):
     mask = item.mask[0].numpy().astype(bool)
     assert mask[2:5, 3:7].all() and mask.sum() == 12  # exactly the fixture's 3x4 box
     expected = resize((12, 16))(image=read_image(dm.splits.test[index].image))["image"]
-    restored = denormalize(item.image[None], dm.mean, dm.std)[0]
+    restored = denormalize(item.image[None], dm.preprocessing.mean, dm.preprocessing.std)[0]
     assert np.abs(restored.astype(int) - expected.astype(int)).max() <= 1
 
 
@@ -90,7 +95,7 @@ def test_synthetic_foreground_comes_from_the_native_image(tmp_path, write_png):
     path = write_png(tmp_path / "train" / "000.png", photo)
     rule = ForegroundRule("threshold", threshold=100)
     dataset = AnomalyDataset(
-        [Sample(path, 0)], (24, 32), IMAGENET_MEAN, IMAGENET_STD, "synthetic",
+        [Sample(path, 0)], Preprocessing((24, 32)), "synthetic",
         AnomalySynthesizer(clean_probability=0.0), rule,
     )  # fmt: skip
     foreground = dataset[0].foreground[0].numpy() > 0
@@ -99,11 +104,21 @@ def test_synthetic_foreground_comes_from_the_native_image(tmp_path, write_png):
     assert (foreground != resized_first).mean() > 0.05
 
 
-def test_interpolation_reaches_the_datasets(mvtec_root):
+def test_interpolation_reaches_the_datasets(mvtec_root, tmp_path):
     dm = _datamodule(MVTecAD(mvtec_root, "bottle"), interpolation="cv2_cubic")
-    assert dm.dataset(dm.splits.test, "test").resize.interpolation == "cv2_cubic"
+    assert dm.dataset(dm.splits.test, "test").preprocessing.resize.interpolation == "cv2_cubic"
     default = _datamodule(MVTecAD(mvtec_root, "bottle"))
-    assert default.dataset(default.splits.test, "test").resize.interpolation == "pil_bicubic"
+    assert default.dataset(default.splits.test, "test").preprocessing.resize.interpolation == "pil_bicubic"
+    # from the config: the top-level `preprocessing` node is the datamodule's, with the dataset's size
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "dataset=mvtec", f"dataset.root={mvtec_root}", "dataset.image_size=[24,40]",
+            "preprocessing.interpolation=cv2_cubic", f"paths.root_dir={tmp_path}",
+        ])  # fmt: skip
+    configured = instantiate(cfg.datamodule)
+    configured.setup()
+    assert configured.preprocessing == Preprocessing((24, 40), "cv2_cubic")
+    assert configured.dataset(configured.splits.test, "test").preprocessing.interpolation == "cv2_cubic"
 
 
 def test_corrupt_train_image_is_skipped_with_a_warning(mvtec_root):

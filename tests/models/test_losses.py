@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from aand_lightning.models.amplified_teacher import TeacherOutput
 from aand_lightning.models.losses import (
     AmplificationLoss,
     CosineDistillationLoss,
@@ -11,6 +10,7 @@ from aand_lightning.models.losses import (
     random_subset,
 )
 from aand_lightning.models.raa import forced_gate
+from aand_lightning.models.teacher import TeacherFeatures
 
 
 def test_focal_loss_matches_formula():
@@ -82,7 +82,7 @@ def test_stage1_loss_combines_levels_with_weights():
     mask[0, :, :16, :16] = 1
     loss = AmplificationLoss()
     targets = [forced_gate(mask, f.shape[-2:]) for f in features]
-    out = loss(TeacherOutput(features, features, gates, targets))
+    out = loss(TeacherFeatures(features, features, gates, targets))
     focal = sum(focal_loss(g, t) for g, t in zip(gates, targets, strict=True))
     assert torch.isclose(out["focal"], focal)
     assert torch.isclose(out["amplification"], torch.tensor(0.6))  # 0.3 per level, amplified == vanilla
@@ -98,12 +98,12 @@ def test_normal_positions_need_the_pooled_foreground_above_the_mask_threshold():
     foreground = torch.zeros(1, 1, 10, 10)
     foreground[..., :2, 5:] = 1  # top-right cell: 10 of 25 pixels, pooled 0.4
     out = AmplificationLoss()(
-        TeacherOutput(features, features, gates, [forced_gate(mask, (2, 2))]), foreground
+        TeacherFeatures(features, features, gates, [forced_gate(mask, (2, 2))]), foreground
     )
     assert torch.isclose(out["amplification"], torch.tensor(0.3))  # one valid pair, amplified == vanilla
     targets = [forced_gate(mask, (2, 2), threshold=0.5)]
     strict = AmplificationLoss(mask_threshold=0.5)(
-        TeacherOutput(features, features, gates, targets), foreground
+        TeacherFeatures(features, features, gates, targets), foreground
     )
     assert strict["amplification"].item() == 0.0  # no normal position left
 

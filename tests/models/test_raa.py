@@ -1,13 +1,19 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from aand_lightning.config import config_file
-from aand_lightning.models.raa import ResidualAnomalyAmplifier, forced_gate, sinusoidal_position_encoding
+from aand_lightning.models.raa import (
+    RAASettings,
+    ResidualAnomalyAmplifier,
+    forced_gate,
+    sinusoidal_position_encoding,
+)
 
-# The settings of one level's RAA, as conf/raa/default.yaml gives them (enabled belongs to the teacher).
-RAA = {k: v for k, v in config_file("raa/default.yaml").items() if k != "enabled"}
+# The RAA settings conf/raa/default.yaml gives (a level reads all but `enabled`, the teacher's).
+RAA = RAASettings.from_config(config_file("raa/default.yaml"))
 
 
 def test_position_encoding_layout():
@@ -23,7 +29,7 @@ def test_position_encoding_layout():
 
 def test_gate_is_probability_and_forcing_replaces_it():
     torch.manual_seed(0)
-    raa = ResidualAnomalyAmplifier(16, **{**RAA, "num_prototypes": 5})
+    raa = ResidualAnomalyAmplifier(16, replace(RAA, num_prototypes=5))
     features = torch.randn(2, 16, 6, 7)
     amplified, gate = raa(features)
     assert gate.shape == (2, 1, 6, 7)
@@ -40,7 +46,7 @@ def test_gate_is_probability_and_forcing_replaces_it():
 
 
 def test_hidden_width_and_parameter_count_for_wide_resnet():
-    levels = [ResidualAnomalyAmplifier(c, **RAA) for c in (256, 512, 1024)]
+    levels = [ResidualAnomalyAmplifier(c, RAA) for c in (256, 512, 1024)]
     assert [lvl.query[0].out_channels for lvl in levels] == [512, 1024, 1024]
     total = sum(p.numel() for lvl in levels for p in lvl.parameters())
     assert math.isclose(total / 1e6, 11.7, abs_tol=0.1)  # the spec: about 11.7 M trainable
@@ -57,7 +63,7 @@ def test_forced_gate_pools_and_thresholds():
 def test_raa_compiles_to_one_graph_without_recompiling():
     """`performance.compile`: one graph per shape (a Python-side cache would force a recompile)."""
     torch._dynamo.reset()
-    raa = ResidualAnomalyAmplifier(16, **{**RAA, "num_prototypes": 5})
+    raa = ResidualAnomalyAmplifier(16, replace(RAA, num_prototypes=5))
     compiled = torch.compile(raa, backend="eager", fullgraph=True)
     features = torch.randn(2, 16, 6, 7)
     compiled(features)

@@ -19,7 +19,7 @@ def test_student_matches_teacher_shapes(name):
         model = build_aand({"name": name, "weights": "none", "student": STUDENTS[name]}, RAA, ANOMALY_MAP)
         out = model.eval()(torch.randn(2, 3, 64, 64))
     assert [s.shape for s in out.student] == [t.shape for t in out.teacher.amplified]
-    assert out.maps.shape == (2, 1, 64, 64) and out.scores.shape == (2,)
+    assert out.map.shape == (2, 1, 64, 64) and out.score.shape == (2,)
 
 
 def test_wide_resnet_student_is_rd_design():
@@ -42,7 +42,7 @@ def test_teacher_stays_frozen_in_train_mode():
     assert not any(p.requires_grad for p in model.teacher.parameters())
 
 
-def test_fusion_width_can_differ_from_the_decoder():
+def test_bottleneck_width_can_differ_from_the_decoder():
     rd = Student([256, 512, 1024], "bottleneck", 3, (3, 4, 6), 128, None)
     narrow = Student([256, 512, 1024], "bottleneck", 3, (3, 4, 6), 128, 64)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

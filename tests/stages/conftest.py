@@ -28,16 +28,15 @@ class SyntheticBatches(Dataset):
 
 
 class IndexedBatches(SyntheticBatches):
-    """Fixed items with their dataset index: stage 2's feature cache stores and then serves them."""
-
-    reusable = True
+    """Fixed items with a sample id: stage 2's feature cache stores and then serves them. The dataset
+    also holds the skip flags (one per id) that a datamodule would own and hand to the stage."""
 
     def __init__(self) -> None:
         super().__init__()
         self.skip_image = torch.zeros(len(self), dtype=torch.bool)
 
     def __getitem__(self, i: int) -> Item:
-        return dataclasses.replace(super().__getitem__(i), index=i)
+        return dataclasses.replace(super().__getitem__(i), sample_id=i)
 
 
 @pytest.fixture

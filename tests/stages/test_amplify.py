@@ -3,7 +3,7 @@ from functools import partial
 import torch
 
 from aand_lightning.config import config_file
-from aand_lightning.models.build import build_amplified_teacher
+from aand_lightning.models.build import build_teacher
 from aand_lightning.models.losses import AmplificationLoss
 from aand_lightning.stages import AnomalyAmplification
 
@@ -19,7 +19,7 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def test_stage1_step_updates_only_raa(loader, one_step_trainer):
     torch.manual_seed(0)
-    teacher = build_amplified_teacher(RESNET18, RAA)
+    teacher = build_teacher(RESNET18, RAA)
     module = AnomalyAmplification(teacher, AmplificationLoss(), partial(torch.optim.Adam, lr=1e-2))
     backbone_before = _snapshot(teacher.encoder)
     raa_before = _snapshot(teacher.raa)
@@ -37,7 +37,7 @@ def test_stage1_step_updates_only_raa(loader, one_step_trainer):
 
 
 def test_stage1_test_pass_reports_metrics(loader, one_step_trainer):
-    teacher = build_amplified_teacher(RESNET18, RAA)
+    teacher = build_teacher(RESNET18, RAA)
     module = AnomalyAmplification(teacher, AmplificationLoss(), partial(torch.optim.Adam, lr=1e-3))
     one_step_trainer().test(module, dataloaders=loader)
     assert set(module.test_results) >= {"image_auroc", "pixel_auroc", "aupro"}

@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from aand_lightning.config import config_file
-from aand_lightning.models.build import build_aand, build_amplified_teacher
+from aand_lightning.models.build import build_aand, build_teacher
 from aand_lightning.models.losses import (
     AmplificationLoss,
     CosineDistillationLoss,
@@ -60,28 +60,31 @@ class RecordTrainingStep(L.Callback):
         self.recorder.__exit__(None, None, None)
 
 
-def _stage(name: str, backbone: dict) -> L.LightningModule:
+def _stage(name: str, backbone: dict, skip_image: torch.Tensor) -> L.LightningModule:
     torch.manual_seed(0)
     adam = partial(torch.optim.Adam, lr=1e-3)
     if name == "amplify":
-        teacher = build_amplified_teacher(backbone, {**RAA, "num_prototypes": 4})
+        teacher = build_teacher(backbone, {**RAA, "num_prototypes": 4})
         return AnomalyAmplification(teacher, AmplificationLoss(max_normal=40, max_anomalous=20), adam)
     raa = name in ("distill", "distill_cached")
     loss = HardKnowledgeDistillationLoss() if raa else CosineDistillationLoss()
     model = build_aand(backbone, {**RAA, "num_prototypes": 4, "enabled": raa}, ANOMALY_MAP)
-    return NormalityDistillation(model, loss, adam)
+    # the feature cache is on, as the entry point sets it up: items without a sample id pass it by
+    return NormalityDistillation(model, loss, adam, skip_image=skip_image)
 
 
 @pytest.mark.parametrize("stage", ["amplify", "distill", "distill_rd", "distill_cached"])
 def test_training_step_has_no_host_sync(stage, loader, indexed_loader, resnet18_backbone, tmp_path):
     callback = RecordTrainingStep()
     cached = stage == "distill_cached"  # two epochs: the second reads every item from the cache
+    data = indexed_loader if cached else loader
+    skip_image = getattr(data.dataset, "skip_image", torch.zeros(len(data.dataset), dtype=torch.bool))
     trainer = L.Trainer(
         max_steps=4 if cached else 2, accelerator="cpu", logger=False, enable_checkpointing=False,
         callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=tmp_path,
     )  # fmt: skip
-    trainer.fit(_stage(stage, resnet18_backbone), train_dataloaders=indexed_loader if cached else loader)
+    trainer.fit(_stage(stage, resnet18_backbone, skip_image), train_dataloaders=data)
     assert callback.recorder.syncing == []
     assert not cached or indexed_loader.dataset.skip_image.all()
 

@@ -1,1 +1,1 @@
-"""Lightning callbacks: teacher handoff between stages, heatmap pictures."""
+"""Lightning callbacks: the amplifier handoff between stages, last.ckpt, heatmaps and score plots."""

@@ -10,9 +10,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
 from aand_lightning.data.batch import Batch
-from aand_lightning.data.transforms import denormalize
+from aand_lightning.reporting.visualization import heatmap_overlay, write_png
 from aand_lightning.stages.base import EvaluationOutput
-from aand_lightning.visualization import heatmap_overlay, write_png
 
 
 class HeatmapWriter(Callback):
@@ -32,8 +31,7 @@ class HeatmapWriter(Callback):
         room = None if self.max_images is None else self.max_images - len(self._items)
         if not trainer.is_global_zero or room == 0:
             return
-        dm = trainer.datamodule
-        images = denormalize(batch.image[:room], dm.mean, dm.std)
+        images = pl_module.preprocessing.denormalize(batch.image[:room])
         maps = outputs.maps[:room, 0].float().cpu().numpy()
         masks = (batch.mask[:room, 0] > 0.5).cpu().numpy()
         scores = outputs.scores[:room].float().cpu().tolist()

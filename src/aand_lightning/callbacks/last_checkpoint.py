@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
+
+from aand_lightning.errors import UserError
+
+log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
 
@@ -31,3 +36,20 @@ class LastCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier("last_checkpoint")
+
+
+def resume_from(ckpt_path: str | None, stage_dir: Path, after_finished_stage: bool) -> str | None:
+    """The checkpoint `ckpt_path` (config) means for this stage: None (start), its last.ckpt, or a file."""
+    if ckpt_path != "last":
+        return ckpt_path
+    last = stage_dir / "checkpoints" / LAST
+    if last.is_file():
+        log.info("Resuming stage %s from %s", stage_dir.name, last)
+        return str(last)
+    if after_finished_stage:  # killed before this stage's first epoch ended: nothing to resume yet
+        log.info("No checkpoint of stage %s yet in %s: starting it", stage_dir.name, last.parent)
+        return None
+    raise UserError(
+        f"ckpt_path=last found no checkpoint in {last.parent}; pass hydra.run.dir=<the run dir to resume> "
+        "(it holds <stage>/checkpoints/last.ckpt), or leave ckpt_path out to start afresh."
+    )

@@ -11,9 +11,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
 from aand_lightning.data.batch import Batch
-from aand_lightning.distributed import gather_uneven
+from aand_lightning.metrics.distributed import gather_uneven
+from aand_lightning.reporting.visualization import score_plots, write_png
 from aand_lightning.stages.base import EvaluationOutput
-from aand_lightning.visualization import score_plots, write_png
 
 
 class ScorePlots(Callback):

@@ -17,30 +17,31 @@ from torch.utils.data import default_collate
 @dataclass
 class Item:
     """One image: normalised image (3,H,W), mask (1,H,W) in {0, 1}, label (1 = anomalous), defect type
-    and file path; `index` in its dataset (None where items are not looked up by index) and the
-    foreground (1,H,W) the synthetic anomaly was placed in (synthetic mode only)."""
+    and file path; `sample_id`, the identity of an item that is the same every epoch (None for the
+    others: synthetic anomalies, test items) and the foreground (1,H,W) the synthetic anomaly was
+    placed in (synthetic mode only)."""
 
     image: torch.Tensor
     mask: torch.Tensor
     label: int
     defect: str
     path: str
-    index: int | None = None
+    sample_id: int | None = None
     foreground: torch.Tensor | None = None
 
 
 @dataclass
 class Batch:
-    """Items stacked: image (B,3,H,W), mask (B,1,H,W), label (B,) int64, defects and paths; index (B,)
-    int64, turned into a host list by stage 2 before the transfer (its feature cache looks items up
-    without a device sync), and foreground (B,1,H,W), each None when the items lack it."""
+    """Items stacked: image (B,3,H,W), mask (B,1,H,W), label (B,) int64, defects and paths; sample_id
+    (B,) int64, turned into a host list by stage 2 before the transfer (its feature cache looks items
+    up without a device sync), and foreground (B,1,H,W), each None when the items lack it."""
 
     image: torch.Tensor
     mask: torch.Tensor
     label: torch.Tensor
     defect: list[str]
     path: list[str]
-    index: torch.Tensor | list[int] | None = None
+    sample_id: torch.Tensor | list[int] | None = None
     foreground: torch.Tensor | None = None
 
     def __len__(self) -> int:

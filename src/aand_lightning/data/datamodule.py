@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from aand_lightning.data.batch import collate
 from aand_lightning.data.datasets import AnomalyDataset, EpochSampler, Mode
 from aand_lightning.data.io import check_samples
+from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.data.records import DatasetError, Sample, SampleSource, Splits
 from aand_lightning.data.synthesis.foreground import ForegroundCache, select_rule
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
-from aand_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+NormalSplit = Literal["train", "val"]
 
 
 def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -33,13 +37,16 @@ class AnomalyDataModule(L.LightningDataModule):
 
     Validation is a held-out fraction of train/good, never the test set, unless `validate_on_test`
     is set to reproduce the authors' protocol (which selects on the test set; label your results).
-    Which train data a stage gets is declared by its LightningModule (`synthetic_train`).
+    `synthetic_train` (set by the entry point for stage 1) puts synthetic anomalies into the train and
+    validation images. Calibration gets its images here too, by name: `normal_images` and
+    `synthetic_anomalies` of a split. The train and validation items of the loaders carry sample ids
+    (train first, then validation) and skip decoding the ids flagged in `skip_image`.
     """
 
     def __init__(
         self,
         source: SampleSource,
-        image_size: int | Sequence[int] = 256,
+        preprocessing: Preprocessing,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -50,14 +57,11 @@ class AnomalyDataModule(L.LightningDataModule):
         foreground_rules: Mapping | None = None,
         cache_dir: str | Path | None = None,
         on_corrupt: str = "error",
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
-        interpolation: str = "pil_bicubic",
     ) -> None:
         super().__init__()
         self.source = source
-        self.image_size = image_size
+        self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -68,11 +72,11 @@ class AnomalyDataModule(L.LightningDataModule):
         self.foreground_rule = select_rule(foreground_rules or {}, source.category)
         self.foreground_cache = ForegroundCache(cache_dir)
         self.on_corrupt = on_corrupt
-        self.mean, self.std = tuple(mean), tuple(std)
         self.seed = seed
-        self.interpolation = interpolation
+        self.synthetic_train = False
         self.splits: Splits | None = None
         self.val_samples: list[Sample] = []
+        self.skip_image = torch.zeros(0, dtype=torch.bool)
 
     @property
     def has_test(self) -> bool:
@@ -102,16 +106,26 @@ class AnomalyDataModule(L.LightningDataModule):
             )
         train, self.val_samples = split_validation(train, self.val_fraction, self.seed)
         self.splits = Splits(train=train, test=check_samples(listed.test, self.on_corrupt))
+        # in shared memory before any loader worker starts, so workers see the flags set later
+        self.skip_image = torch.zeros(len(train) + len(self.val_samples), dtype=torch.bool).share_memory_()
 
-    def dataset(self, samples: Sequence[Sample], mode: Mode) -> AnomalyDataset:
+    def dataset(
+        self, samples: Sequence[Sample], mode: Mode, first_id: int = 0, skip_image: torch.Tensor | None = None
+    ) -> AnomalyDataset:
         return AnomalyDataset(
-            samples, self.image_size, self.mean, self.std, mode,
-            self.synthesizer, self.foreground_rule, self.foreground_cache, self.seed, self.interpolation,
+            samples, self.preprocessing, mode, self.synthesizer, self.foreground_rule,
+            self.foreground_cache, self.seed, first_id, skip_image,
         )  # fmt: skip
 
-    def _wants_synthetic(self) -> bool:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        return bool(getattr(module, "synthetic_train", False))
+    def _split(self, split: NormalSplit) -> tuple[list[Sample], int]:
+        """The normal images of a split and the sample id of its first."""
+        assert self.splits is not None
+        return (self.splits.train, 0) if split == "train" else (self.val_samples, len(self.splits.train))
+
+    def _fit_dataset(self, split: NormalSplit) -> AnomalyDataset:
+        samples, first_id = self._split(split)
+        mode: Mode = "synthetic" if self.synthetic_train else "normal"
+        return self.dataset(samples, mode, first_id, self.skip_image)
 
     def _world(self) -> tuple[int, int]:
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
@@ -136,10 +150,17 @@ class AnomalyDataModule(L.LightningDataModule):
             collate_fn=collate,
         )
 
-    def synthetic_draws(self, samples: Sequence[Sample], draws: int) -> DataLoader:
-        """`draws` synthetic anomalies on each of `samples` (synthesis epochs 0..draws-1), the same on
-        every rank and in every run: checks on held-out normal images (the fused map's gate weight)."""
-        dataset = self.dataset(samples, "synthetic")
+    def normal_images(self, split: NormalSplit) -> DataLoader:
+        """The normal images of a split, decoded (calibration: thresholds, the fused map's statistics)."""
+        return self.loader(self.dataset(self._split(split)[0], "normal"), self.eval_batch_size)
+
+    def synthetic_anomalies(self, split: NormalSplit, draws: int) -> DataLoader | None:
+        """`draws` synthetic anomalies on each normal image of a split (synthesis epochs 0..draws-1), the
+        same on every rank and in every run: checks on held-out images (the fused map's gate weight).
+        None without a synthesizer."""
+        if self.synthesizer is None:
+            return None
+        dataset = self.dataset(self._split(split)[0], "synthetic")
         keys = [(draw, index) for draw in range(draws) for index in range(len(dataset))]
         return DataLoader(
             dataset, batch_size=self.eval_batch_size, sampler=keys, num_workers=self.num_workers,
@@ -147,9 +168,7 @@ class AnomalyDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
-        assert self.splits is not None
-        mode: Mode = "synthetic" if self._wants_synthetic() else "normal"
-        return self.loader(self.dataset(self.splits.train, mode), self.batch_size, train=True)
+        return self.loader(self._fit_dataset("train"), self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         assert self.splits is not None
@@ -157,8 +176,7 @@ class AnomalyDataModule(L.LightningDataModule):
             return self.test_dataloader()
         if not self.val_samples:
             return []
-        mode: Mode = "synthetic" if self._wants_synthetic() else "normal"
-        return self.loader(self.dataset(self.val_samples, mode), self.eval_batch_size)
+        return self.loader(self._fit_dataset("val"), self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         assert self.splits is not None

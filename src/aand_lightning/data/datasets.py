@@ -11,10 +11,10 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from aand_lightning.data.batch import Item
 from aand_lightning.data.io import read_image, read_mask
+from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.data.records import Sample
 from aand_lightning.data.synthesis.foreground import ForegroundCache, ForegroundRule
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
-from aand_lightning.data.transforms import normalize, resize
 
 Mode = Literal["normal", "synthetic", "test"]
 
@@ -31,7 +31,7 @@ class EpochSampler(DistributedSampler):
 
 
 class AnomalyDataset(Dataset):
-    """Items are `Item`s (data/batch.py): image, mask, label, defect, path, index, and the foreground
+    """Items are `Item`s (data/batch.py): image, mask, label, defect, path, sample id, and the foreground
     when synthetic; loaders collate them into `Batch`es.
 
     mode "normal": the files as they are (stage 2, validation); "test": with ground-truth masks;
@@ -40,36 +40,36 @@ class AnomalyDataset(Dataset):
     it changes every epoch yet is identical after resuming a run; a plain index means epoch 0 (a
     stable validation set).
 
-    `skip_image` (one flag per index, in shared memory so loader workers see it) marks the items whose
-    image is no longer needed (stage 2's feature cache holds their teacher features): in "normal"
-    mode, where an item is its file resized and normalised and nothing else, such an item comes
-    without reading the file, with a zero image of the same shape.
+    In "normal" mode an item is its file resized and normalised and nothing else, the same every
+    epoch: such items carry a `sample_id` (`first_id` + index), by which what was computed from them
+    may be reused. `skip_image` (one flag per sample id, in shared memory so loader workers see it)
+    marks the ids whose image is no longer needed (stage 2's feature cache holds their teacher
+    features): they come without reading the file, with a zero image of the same shape.
     """
 
     def __init__(
         self,
         samples: Sequence[Sample],
-        image_size: int | Sequence[int],
-        mean: Sequence[float],
-        std: Sequence[float],
+        preprocessing: Preprocessing,
         mode: Mode = "normal",
         synthesizer: AnomalySynthesizer | None = None,
         foreground_rule: ForegroundRule | None = None,
         foreground_cache: ForegroundCache | None = None,
         seed: int = 0,
-        interpolation: str = "pil_bicubic",
+        first_id: int = 0,
+        skip_image: torch.Tensor | None = None,
     ) -> None:
         if mode == "synthetic" and synthesizer is None:
             raise ValueError("Synthetic-anomaly data needs a synthesizer (the `synthesis` config group).")
         self.samples = list(samples)
-        self.resize = resize(image_size, interpolation)
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.preprocessing = preprocessing
         self.mode = mode
         self.synthesizer = synthesizer
         self.foreground_rule = foreground_rule or ForegroundRule()
         self.foreground_cache = foreground_cache or ForegroundCache(None)
         self.seed = seed
-        self.skip_image = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
+        self.first_id = first_id
+        self.skip_image = skip_image
 
     @property
     def reusable(self) -> bool:
@@ -83,21 +83,24 @@ class AnomalyDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Item:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         sample = self.samples[index]
-        if self.reusable and self.skip_image[index]:
-            height, width = self.resize.size
+        sample_id = self.first_id + index if self.reusable else None
+        if sample_id is not None and self.skip_image is not None and self.skip_image[sample_id]:
+            height, width = self.preprocessing.image_size
             image, mask = torch.zeros(3, height, width), torch.zeros(1, height, width)
-            return Item(image, mask, sample.label, sample.defect, str(sample.image), index)
+            return Item(image, mask, sample.label, sample.defect, str(sample.image), sample_id)
         image = read_image(sample.image)
         if self.mode == "test" and sample.mask is not None:
             mask = read_mask(sample.mask, size=image.shape[:2])
         else:
             mask = np.zeros(image.shape[:2], dtype=bool)
         foreground = (  # from the native image, before resizing, as the authors compute it
-            self.foreground_cache.get(sample.image, image, self.foreground_rule, self.resize.size)
+            self.foreground_cache.get(
+                sample.image, image, self.foreground_rule, self.preprocessing.image_size
+            )
             if self.mode == "synthetic"
             else None
         )
-        out = self.resize(image=image, mask=mask.astype(np.uint8))
+        out = self.preprocessing.resize(image=image, mask=mask.astype(np.uint8))
         image, mask = out["image"], out["mask"].astype(np.float32)
         pixels = image.astype(np.float32) / 255.0
         label, foreground_tensor = sample.label, None
@@ -108,11 +111,11 @@ class AnomalyDataset(Dataset):
             foreground_tensor = torch.from_numpy(foreground.astype(np.float32))[None]
             label = int(mask.any())
         return Item(
-            image=normalize(pixels, self.mean, self.std),
+            image=self.preprocessing.normalize(pixels),
             mask=torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
             label=label,
             defect=sample.defect,
             path=str(sample.image),
-            index=index,
+            sample_id=sample_id,
             foreground=foreground_tensor,
         )

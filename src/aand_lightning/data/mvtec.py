@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
+from aand_lightning.data.catalog import CATALOG
 from aand_lightning.data.download import fetch_into
 from aand_lightning.data.io import category_dir, defect_samples, require_dir, require_images
 from aand_lightning.data.records import Sample, Splits
@@ -27,8 +29,13 @@ class MVTecAD:
     """Lists the samples of any category folder in MVTec AD layout; masks are paired by name.
 
     `categories` (MVTec's own, from the config) only feeds the "did you mean" of a missing folder;
-    `download` fetches MVTec AD into `root` when that folder is missing or empty.
+    `download` fetches MVTec AD into `root` when that folder is missing or empty. A reader of another
+    dataset in a per-category layout derives from this one and sets `catalog_name`, `layout` and
+    `_category_splits`.
     """
+
+    catalog_name: ClassVar[str] = "mvtec"  # its catalog entry: what `download` fetches, the title errors name
+    layout: ClassVar[str] = LAYOUT
 
     def __init__(
         self, root: str | Path, category: str, categories: Sequence[str] = (), download: bool = False
@@ -41,6 +48,11 @@ class MVTecAD:
     def splits(self) -> Splits:
         """Train (normal) and test samples, sorted by path."""
         if self.download:
-            fetch_into("mvtec", self.root)
-        folder = category_dir(self.root, self.category, self.categories, "MVTec AD", LAYOUT)
+            fetch_into(self.catalog_name, self.root)
+        title = CATALOG[self.catalog_name].title
+        folder = category_dir(self.root, self.category, self.categories, title, self.layout)
+        return self._category_splits(folder)
+
+    def _category_splits(self, folder: Path) -> Splits:
+        """The splits of the existing category folder `folder`."""
         return mvtec_layout_splits(folder)

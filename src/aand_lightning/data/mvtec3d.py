@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from aand_lightning.data.download import fetch_into
-from aand_lightning.data.io import category_dir, defect_samples, require_dir, require_images
+from aand_lightning.data.io import defect_samples, require_dir, require_images
+from aand_lightning.data.mvtec import MVTecAD
 from aand_lightning.data.records import Sample, Splits
 
 LAYOUT = (
@@ -15,26 +14,19 @@ LAYOUT = (
 )
 
 
-class MVTec3DRGB:
+class MVTec3DRGB(MVTecAD):
     """Lists the RGB samples of any category folder in MVTec 3D-AD layout; xyz point clouds are not read.
 
     `categories` (MVTec 3D-AD's own, from the config) only feeds the "did you mean" of a missing folder;
-    `download` fetches MVTec 3D-AD into `root` when that folder is missing or empty.
+    `download` fetches MVTec 3D-AD into `root` when that folder is missing or empty. The constructor
+    and `splits` are MVTecAD's; only the catalog entry and the folder layout differ.
     """
 
-    def __init__(
-        self, root: str | Path, category: str, categories: Sequence[str] = (), download: bool = False
-    ) -> None:
-        self.root = Path(root)
-        self.category = category
-        self.categories = tuple(categories)
-        self.download = download
+    catalog_name = "mvtec3d"
+    layout = LAYOUT
 
-    def splits(self) -> Splits:
+    def _category_splits(self, folder: Path) -> Splits:
         """Train (normal) and test samples, sorted by path; masks paired by file name in `gt/`."""
-        if self.download:
-            fetch_into("mvtec3d", self.root)
-        folder = category_dir(self.root, self.category, self.categories, "MVTec 3D-AD", LAYOUT)
         fix = f"a category folder of MVTec 3D-AD holds {LAYOUT}"
         train = require_images(folder / "train" / "good" / "rgb", fix)
         test_dir = require_dir(folder / "test", fix)

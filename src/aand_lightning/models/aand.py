@@ -1,71 +1,74 @@
-"""The full AAND inference path: image → amplified teacher, student, anomaly map and image score."""
+"""The full AAND inference path: image → teacher, student, anomaly maps and image score."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from aand_lightning.models.amplified_teacher import AmplifiedTeacher, TeacherOutput, require_raa
-from aand_lightning.models.anomaly_map import AnomalyMapGenerator, image_scores
-from aand_lightning.models.fusion import MapFusion, scored_map
+from aand_lightning.models.anomaly_map import AnomalyMapGenerator, MapName, image_scores
+from aand_lightning.models.fused_map import FusedMap
 from aand_lightning.models.student import Student
+from aand_lightning.models.teacher import Teacher, TeacherFeatures, require_raa
+
+# The maps stage 2 can give as its output (`anomaly_map.output`); the gate map is stage 1's.
+OUTPUTS = (MapName.AAND, MapName.FUSED)
 
 
 @dataclass
 class AANDOutput:
-    """`maps`/`scores` are the configured map's; `maps_by_name` (with `all_maps=True`) holds every map
-    of the same forward pass: "aand" (the paper's), "gate" and, once calibrated, "fused"."""
+    """The output map (B,1,H,W) and image scores (B,); `maps` holds the named maps asked for, from the
+    same forward pass; `teacher` and `student` are the features they were computed from."""
 
-    teacher: TeacherOutput
+    score: torch.Tensor
+    map: torch.Tensor
+    teacher: TeacherFeatures
     student: list[torch.Tensor]
-    maps: torch.Tensor | None = None
-    scores: torch.Tensor | None = None
-    maps_by_name: dict[str, torch.Tensor] | None = None
+    maps: dict[MapName, torch.Tensor] = field(default_factory=dict)
 
 
 class AAND(nn.Module):
-    """Frozen amplified teacher + trainable student; the map is computed against amplified targets.
+    """Frozen teacher + trainable student; the maps compare the student with the teacher's targets.
 
     `threshold` is a buffer so that checkpoints and exports carry the decision threshold on the image
     score chosen on normal validation images (NaN until one is chosen), `map_threshold` the one on the
-    map's pixels (the masks); `fusion` holds the fused map's weight and normal statistics the same way.
-    The output is the paper's map unless fusion is enabled; the fused map's images are scored by the
-    paper's map, so only then do the two thresholds differ.
+    output map's pixels (the masks); `fused_map` holds the fused map's weight and normal statistics the
+    same way. `output` is the map the model gives (`anomaly_map.output`): the fused map's images are
+    scored by the paper's map, so only then do the two thresholds differ.
     """
 
     def __init__(
         self,
-        teacher: AmplifiedTeacher,
+        teacher: Teacher,
         student: Student,
         anomaly_map: AnomalyMapGenerator,
-        fusion: MapFusion | None = None,
+        fused_map: FusedMap | None = None,
+        output: MapName = MapName.AAND,
     ) -> None:
         super().__init__()
         self.teacher = teacher
         self.student = student
         self.anomaly_map = anomaly_map
-        self.fusion = fusion or MapFusion()
-        if self.fusion.enabled:
-            require_raa(teacher.enabled, fused=self.fusion.setting)
+        self.fused_map = fused_map or FusedMap()
+        self.output = MapName(output)
+        if self.output not in OUTPUTS:
+            choices = ", ".join(name.value for name in OUTPUTS)
+            raise ValueError(f"anomaly_map.output={self.output} is not valid; pass one of {choices}.")
+        require_raa(teacher.amplifies, fused=self.output is MapName.FUSED)
         self.teacher.requires_grad_(False)
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.register_buffer("map_threshold", torch.tensor(float("nan")))
 
-    @property
-    def map_name(self) -> str:
-        """The name of the map the model outputs (and its threshold is chosen on)."""
-        return "fused" if self.fusion.enabled else "aand"
-
-    def map_names(self) -> list[str]:
-        """The maps `forward(..., all_maps=True)` returns: the gate map needs RAA, the fused map a weight
-        and statistics (or the fused output configured)."""
-        names = ["aand"]
-        if self.teacher.enabled:
-            names.append("gate")
-            if self.fusion.enabled or self.fusion.calibrated:
-                names.append("fused")
+    def map_names(self) -> list[MapName]:
+        """The maps this model can give: the gate map needs RAA, the fused map a weight and statistics
+        (or being the output)."""
+        names = [MapName.AAND]
+        if self.teacher.amplifies:
+            names.append(MapName.GATE)
+            if self.output is MapName.FUSED or self.fused_map.calibrated:
+                names.append(MapName.FUSED)
         return names
 
     def train(self, mode: bool = True) -> AAND:
@@ -74,30 +77,33 @@ class AAND(nn.Module):
         self.teacher.eval()
         return self
 
+    def distill(
+        self, images: torch.Tensor, teacher_features: TeacherFeatures | None = None
+    ) -> tuple[TeacherFeatures, list[torch.Tensor]]:
+        """The teacher's features (`teacher_features` when the caller already has them, stage 2's feature
+        cache) and the student's levels: what the distillation loss compares."""
+        if teacher_features is None:
+            with torch.no_grad():
+                teacher_features = self.teacher(images)
+        return teacher_features, self.student(teacher_features.amplified)
+
     def forward(
         self,
         images: torch.Tensor,
-        with_map: bool = True,
-        all_maps: bool = False,
-        teacher: TeacherOutput | None = None,
+        maps: Iterable[MapName] = (),
+        teacher_features: TeacherFeatures | None = None,
     ) -> AANDOutput:
-        """`teacher`: the teacher's output for `images` when the caller already has it (stage 2's
-        feature cache); it is computed here otherwise."""
-        if teacher is None:
-            with torch.no_grad():
-                teacher = self.teacher(images)
-        student = self.student(teacher.amplified)
-        if not with_map:
-            return AANDOutput(teacher, student)
+        """The output map and scores, and the named `maps` asked for, from one pass."""
+        teacher, student = self.distill(images, teacher_features)
         size = tuple(images.shape[-2:])
-        if not (all_maps or self.fusion.enabled):  # the paper's map alone: nothing else is computed
-            maps, scores = self.anomaly_map(teacher.amplified, student, size)
-            return AANDOutput(teacher, student, maps, scores)
-        names = self.map_names()
-        by_name = {"aand": self.anomaly_map(teacher.amplified, student, size)[0]}
-        if "gate" in names:
-            by_name["gate"] = self.anomaly_map.gate_map(teacher.gates, size)[0]
-        if "fused" in names:
-            by_name["fused"] = self.fusion(by_name["aand"], by_name["gate"])
-        maps, scores = by_name[self.map_name], image_scores(by_name[scored_map(self.map_name)])
-        return AANDOutput(teacher, student, maps, scores, by_name if all_maps else None)
+        wanted = {self.output, *maps}
+        computed: dict[MapName, torch.Tensor] = {}
+        if wanted & {MapName.AAND, MapName.FUSED}:
+            computed[MapName.AAND] = self.anomaly_map(teacher.amplified, student, size)[0]
+        if wanted & {MapName.GATE, MapName.FUSED}:
+            computed[MapName.GATE] = self.anomaly_map.gate_map(teacher.gates, size)[0]
+        if MapName.FUSED in wanted:
+            computed[MapName.FUSED] = self.fused_map(computed[MapName.AAND], computed[MapName.GATE])
+        score = image_scores(computed[self.output.scored_by])
+        named = {name: computed[name] for name in maps}
+        return AANDOutput(score, computed[self.output], teacher, student, named)

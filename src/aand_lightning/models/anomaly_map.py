@@ -1,16 +1,40 @@
 """Pixel anomaly maps and image scores: the teacher–student discrepancy (the paper's map: summed levels,
-Gaussian σ=4) and the RAA gate map (stage 1's own detector), both smoothed the same way."""
+Gaussian σ=4) and the RAA gate map (stage 1's own detector), both smoothed the same way; the names of
+every map a model can give (`MapName`)."""
 
 from __future__ import annotations
+
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def cosine_distance(teacher: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+class MapName(str, Enum):
+    """The anomaly maps, by the name configs, metrics.json and tables use (`anomaly_map.output`).
+
+    aand: the paper's teacher–student map; gate: the RAA gate map (stage 1's detector, and stage 2's
+    with RAA); fused: both joined on normal statistics (models/fused_map.py).
+    """
+
+    AAND = "aand"
+    GATE = "gate"
+    FUSED = "fused"
+
+    @property
+    def scored_by(self) -> MapName:
+        """The map whose maximum is this map's image score: its own, except for the fused map, whose
+        images are scored by the paper's map (the fused map says where, the paper's map whether)."""
+        return MapName.AAND if self is MapName.FUSED else self
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def cosine_distance(target: torch.Tensor, student: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """1 − cosine over channels, per patch: (B,C,H,W) × 2 → (B,H,W)."""
-    return 1.0 - F.cosine_similarity(teacher, student, dim=1, eps=eps)
+    return 1.0 - F.cosine_similarity(target, student, dim=1, eps=eps)
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
@@ -58,9 +82,10 @@ class AnomalyMapGenerator(nn.Module):
         self.register_buffer("kernel", gaussian_kernel1d(sigma, truncate) if sigma > 0 else torch.ones(1))
 
     def forward(
-        self, teacher: list[torch.Tensor], student: list[torch.Tensor], image_size: tuple[int, int]
+        self, targets: list[torch.Tensor], student: list[torch.Tensor], image_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (maps (B,1,H,W), scores (B,)); computed in float32 even under bf16 autocast."""
+        """The teacher's `targets` against the `student`'s levels: (maps (B,1,H,W), scores (B,));
+        computed in float32 even under bf16 autocast."""
         maps = sum(
             F.interpolate(
                 cosine_distance(t.float(), s.float())[:, None],
@@ -68,7 +93,7 @@ class AnomalyMapGenerator(nn.Module):
                 mode="bilinear",
                 align_corners=True,
             )
-            for t, s in zip(teacher, student, strict=True)
+            for t, s in zip(targets, student, strict=True)
         )
         return self.smooth_and_score(maps)
 

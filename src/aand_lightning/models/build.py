@@ -9,20 +9,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aand_lightning.errors import UserError
+from aand_lightning.errors import ModelConfigError
 from aand_lightning.models.aand import AAND
-from aand_lightning.models.amplified_teacher import AmplifiedTeacher
-from aand_lightning.models.anomaly_map import AnomalyMapGenerator
+from aand_lightning.models.anomaly_map import AnomalyMapGenerator, MapName
 from aand_lightning.models.encoder import Encoder
-from aand_lightning.models.fusion import MapFusion
+from aand_lightning.models.fused_map import FusedMap
+from aand_lightning.models.raa import RAASettings
 from aand_lightning.models.student import Student
+from aand_lightning.models.teacher import Teacher
 
-RAA_KEYS = ("enabled", "num_prototypes", "temperature", "max_hidden", "eps")
-STUDENT_KEYS = ("block", "fusion_blocks", "decoder_layers", "width_per_group", "fusion_width_per_group")
-
-
-class ModelConfigError(UserError):
-    """A model setting is missing from the config mapping; the message names its key."""
+STUDENT_KEYS = (
+    "block", "bottleneck_blocks", "decoder_layers", "width_per_group", "bottleneck_width_per_group",
+)  # fmt: skip
+ANOMALY_MAP_KEYS = ("sigma", "truncate", "output", "fused_weight")
 
 
 def _settings(section: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -35,13 +34,11 @@ def _settings(section: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> d
     return {k: section[k] for k in keys}
 
 
-def build_amplified_teacher(
-    backbone: Mapping[str, Any], raa: Mapping[str, Any], weights: str | None = None
-) -> AmplifiedTeacher:
+def build_teacher(backbone: Mapping[str, Any], raa: Mapping[str, Any], weights: str | None = None) -> Teacher:
     """Encoder from `backbone` (name, weights; `weights` overrides) with RAA per `raa` (enabled, L, τ...)."""
     source = _settings(backbone, "backbone", ("name",) if weights is not None else ("name", "weights"))
     encoder = Encoder(source["name"], source["weights"] if weights is None else weights)
-    return AmplifiedTeacher(encoder, **_settings(raa, "raa", RAA_KEYS))
+    return Teacher(encoder, RAASettings.from_config(raa))
 
 
 def build_aand(
@@ -49,18 +46,24 @@ def build_aand(
     raa: Mapping[str, Any],
     anomaly_map: Mapping[str, Any],
     weights: str | None = None,
-    teacher: AmplifiedTeacher | None = None,
+    teacher: Teacher | None = None,
 ) -> AAND:
     """Full model; the student is sized from the teacher's channels and `backbone.student`."""
-    teacher = teacher or build_amplified_teacher(backbone, raa, weights)
+    teacher = teacher or build_teacher(backbone, raa, weights)
     student = _settings(
         _settings(backbone, "backbone", ("student",))["student"], "backbone.student", STUDENT_KEYS
     )
     student["decoder_layers"] = tuple(student["decoder_layers"])
-    fusion = MapFusion(*_settings(anomaly_map, "anomaly_map", ("fusion", "fusion_draws")).values())
-    return AAND(teacher, Student(teacher.channels, **student), build_anomaly_map(anomaly_map), fusion)
+    settings = _settings(anomaly_map, "anomaly_map", ANOMALY_MAP_KEYS)
+    return AAND(
+        teacher,
+        Student(teacher.channels, **student),
+        build_anomaly_map(settings),
+        FusedMap(settings["fused_weight"]),
+        MapName(settings["output"]),
+    )
 
 
 def build_anomaly_map(anomaly_map: Mapping[str, Any]) -> AnomalyMapGenerator:
-    """The smoothing of `anomaly_map` (σ, truncate); the `fusion*` keys belong to the model (`build_aand`)."""
-    return AnomalyMapGenerator(**{k: v for k, v in anomaly_map.items() if not k.startswith("fusion")})
+    """The smoothing of `anomaly_map` (σ, truncate); the other keys belong to the model (`build_aand`)."""
+    return AnomalyMapGenerator(**_settings(anomaly_map, "anomaly_map", ("sigma", "truncate")))

@@ -6,7 +6,7 @@ import timm
 import torch
 from torch import nn
 
-from aand_lightning.weights import load_into, resolve_state_dict
+from aand_lightning.models.weights import load_into, resolve_state_dict
 
 ENCODER_STRIDES = (4, 8, 16)
 

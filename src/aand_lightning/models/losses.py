@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aand_lightning.models.amplified_teacher import TeacherOutput
 from aand_lightning.models.anomaly_map import cosine_distance
+from aand_lightning.models.teacher import TeacherFeatures
 
 
 def focal_loss(prob: torch.Tensor, target: torch.Tensor, alpha: float = 0.8, gamma: float = 2.0,
@@ -94,7 +94,7 @@ class AmplificationLoss(nn.Module):
 
     def forward(
         self,
-        out: TeacherOutput,
+        out: TeacherFeatures,
         foreground: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:

@@ -3,10 +3,39 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from aand_lightning.errors import ModelConfigError
+
+
+@dataclass(frozen=True)
+class RAASettings:
+    """The `raa` config group, the one list of RAA settings: `enabled=False` is the RD baseline (no RAA),
+    L = `num_prototypes` normal and L abnormal prototypes, softmax `temperature`, hidden width
+    min(2C, `max_hidden`), `eps` of the normalisations. The values live in conf/raa/*.yaml only."""
+
+    enabled: bool
+    num_prototypes: int
+    temperature: float
+    max_hidden: int
+    eps: float
+
+    @classmethod
+    def from_config(cls, raa: Mapping[str, Any]) -> RAASettings:
+        """From the `raa` mapping of a config, checkpoint or artifact; a missing key names itself."""
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in raa]
+        if missing:
+            raise ModelConfigError(
+                f"The model config lacks raa.{missing[0]}; set it (conf/raa/default.yaml holds its value)."
+            )
+        return cls(**{name: raa[name] for name in names})
 
 
 def sinusoidal_position_encoding(
@@ -54,23 +83,16 @@ def forced_gate(mask: torch.Tensor, size: tuple[int, int], threshold: float = 0.
 class ResidualAnomalyAmplifier(nn.Module):
     """RAA for one feature level: F_A = F + w ⊙ tanh(MLP_r(F)) ⊙ F, with w the soft 'abnormal' gate."""
 
-    def __init__(
-        self,
-        channels: int,
-        num_prototypes: int,
-        temperature: float,
-        max_hidden: int,
-        eps: float,
-    ) -> None:
+    def __init__(self, channels: int, settings: RAASettings) -> None:
         super().__init__()
-        hidden = min(2 * channels, max_hidden)
-        self.num_prototypes = num_prototypes
-        self.temperature = temperature
-        self.eps = eps
+        hidden = min(2 * channels, settings.max_hidden)
+        self.num_prototypes = settings.num_prototypes
+        self.temperature = settings.temperature
+        self.eps = settings.eps
         self.query = pointwise_mlp(channels, hidden)
         self.residual = pointwise_mlp(channels, hidden)
         # First half "normal", second half "abnormal" prototypes.
-        self.prototypes = nn.Parameter(torch.randn(2 * num_prototypes, channels))
+        self.prototypes = nn.Parameter(torch.randn(2 * settings.num_prototypes, channels))
 
     def gate(self, features: torch.Tensor) -> torch.Tensor:
         """Soft probability (B,1,H,W) in (0,1) that a patch matches the abnormal prototypes."""

@@ -1,4 +1,4 @@
-"""Reverse-distillation student: one-class bottleneck (multi-scale fusion) + mirrored decoder.
+"""Reverse-distillation student: one-class bottleneck (joins the three levels) + mirrored decoder.
 
 Everything is sized from the teacher's channel list (c1, c2, c3), so any stride-4/8/16 backbone works;
 for wide_resnet50_2 (256, 512, 1024) with bottleneck blocks of width 128 this is exactly RD's design,
@@ -32,8 +32,8 @@ def _check_block(block: str, width_per_group: int) -> None:
         raise ValueError("Basic student blocks need width_per_group=64 (only bottleneck blocks can be wide).")
 
 
-class MultiScaleFusion(nn.Module):
-    """RD's one-class bottleneck: fuse the three levels at stride 16, then compress to stride 32."""
+class OneClassBottleneck(nn.Module):
+    """RD's one-class bottleneck: join the three levels at stride 16, then compress to stride 32."""
 
     def __init__(
         self,
@@ -62,8 +62,8 @@ class MultiScaleFusion(nn.Module):
         self.out_channels = out
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        fused = torch.cat([self.level1(features[0]), self.level2(features[1]), features[2]], dim=1)
-        return self.blocks(fused)
+        joined = torch.cat([self.level1(features[0]), self.level2(features[1]), features[2]], dim=1)
+        return self.blocks(joined)
 
 
 def _deconv(cin: int, cout: int) -> nn.ConvTranspose2d:
@@ -164,7 +164,7 @@ class Decoder(nn.Module):
 class Student(nn.Module):
     """Bottleneck + decoder: reconstructs the (amplified) teacher levels from a compact code.
 
-    `fusion_width_per_group` lets the bottleneck blocks differ from the decoder's (RD uses 128 for
+    `bottleneck_width_per_group` lets the bottleneck blocks differ from the decoder's (RD uses 128 for
     both with wide_resnet50_2; anomalib's RD builds a 64-wide bottleneck, ~30 % fewer bottleneck FLOPs).
     """
 
@@ -172,14 +172,14 @@ class Student(nn.Module):
         self,
         channels: list[int],
         block: BlockKind,
-        fusion_blocks: int,
+        bottleneck_blocks: int,
         decoder_layers: tuple[int, int, int],
         width_per_group: int,
-        fusion_width_per_group: int | None,
+        bottleneck_width_per_group: int | None,
     ) -> None:
         super().__init__()
-        fusion_width = width_per_group if fusion_width_per_group is None else fusion_width_per_group
-        self.bottleneck = MultiScaleFusion(channels, block, fusion_blocks, fusion_width)
+        width = width_per_group if bottleneck_width_per_group is None else bottleneck_width_per_group
+        self.bottleneck = OneClassBottleneck(channels, block, bottleneck_blocks, width)
         self.decoder = Decoder(
             channels, self.bottleneck.out_channels, block, tuple(decoder_layers), width_per_group
         )

@@ -7,9 +7,10 @@ from torch import nn
 from torchmetrics.classification import BinaryPrecision
 
 from aand_lightning.data.batch import Batch
-from aand_lightning.models.amplified_teacher import AmplifiedTeacher, require_raa
-from aand_lightning.models.anomaly_map import AnomalyMapGenerator, mean_gate
+from aand_lightning.data.preprocessing import Preprocessing
+from aand_lightning.models.anomaly_map import AnomalyMapGenerator, MapName, mean_gate
 from aand_lightning.models.losses import AmplificationLoss
+from aand_lightning.models.teacher import Teacher, require_raa
 from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
 
 
@@ -21,24 +22,29 @@ class AnomalyAmplification(AnomalyStage):
     the upsampled level gates): a direct measure of how well RAA finds anomalies.
     """
 
+    stage_name = "amplify"
     synthetic_train = True
-    map_name = "raa_gate"
+    output_map = MapName.GATE
 
     def __init__(
         self,
-        teacher: AmplifiedTeacher,
+        teacher: Teacher,
         loss: AmplificationLoss,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         anomaly_map: AnomalyMapGenerator | None = None,
+        preprocessing: Preprocessing | None = None,
         fpr_limit: float = 0.3,
+        validate_on_test: bool = False,
         seed: int = 0,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
-        super().__init__(optimizer, scheduler, fpr_limit, channels_last, compile)
+        super().__init__(
+            optimizer, scheduler, preprocessing, fpr_limit, validate_on_test, channels_last, compile
+        )
         self.seed = seed
-        require_raa(teacher.enabled, stage1=True)
+        require_raa(teacher.amplifies, stage1=True)
         self.teacher = teacher
         self.loss = loss
         self.anomaly_map = anomaly_map or AnomalyMapGenerator()
@@ -64,13 +70,13 @@ class AnomalyAmplification(AnomalyStage):
         return losses["loss"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        if self._validate_on_test():
+        if self.validate_on_test:
             self.validate_on_test_batch(batch)
             return
         losses = self._loss(batch, forcing=False)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, sync_dist=True, batch_size=len(batch))
 
-    def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def output(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.anomaly_map.gate_map(self.teacher(images).gates, tuple(images.shape[-2:]))
 
     def validate_on_test_batch(self, batch: Batch) -> None:

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from aand_lightning.data.batch import Batch
+from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics
-from aand_lightning.models.anomaly_map import image_scores
-from aand_lightning.models.fusion import scored_map
+from aand_lightning.models.anomaly_map import MapName, image_scores
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -46,7 +46,7 @@ def set_rng_states(states: dict) -> None:
 
 @dataclass
 class EvaluationOutput:
-    """What `test_step` hands the callbacks: the configured map (B,1,H,W) and image scores (B,)."""
+    """What `test_step` hands the callbacks: the output map (B,1,H,W) and image scores (B,)."""
 
     maps: torch.Tensor
     scores: torch.Tensor
@@ -56,23 +56,31 @@ class AnomalyStage(L.LightningModule):
     """A stage turns a batch into maps (one per name it can report); this base evaluates them with
     raw-score metrics.
 
-    `test_results` holds the computed metrics of the configured map (`map_name`) after `trainer.test`,
+    `test_results` holds the computed metrics of the output map (`output_map`) after `trainer.test`,
     `test_results_by_map` those of every map of the same forward pass (identical on every rank: the
-    metric states are gathered across processes before computing).
+    metric states are gathered across processes before computing). `synthetic_train` says whether
+    the stage trains on synthetic anomalies (the entry point tells the datamodule); `validate_on_test`
+    (the authors' protocol) that its validation batches are the labelled test set. `preprocessing` is
+    what turned the files into its inputs (pictures undo it).
     """
 
+    stage_name = ""
     synthetic_train = False
-    map_name = ""
+    textures: str | None = None  # the texture source of the stage-1 synthetic anomalies (for the record)
 
     def __init__(
         self,
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
+        preprocessing: Preprocessing | None = None,
         fpr_limit: float = 0.3,
+        validate_on_test: bool = False,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__()
+        self.preprocessing = preprocessing
+        self.validate_on_test = validate_on_test
         self.channels_last = channels_last
         self.compile_modules = compile
         self.optimizer_factory = optimizer
@@ -114,17 +122,22 @@ class AnomalyStage(L.LightningModule):
             batch.image = batch.image.contiguous(memory_format=torch.channels_last)
         return batch
 
-    def anomaly_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(maps, scores) of the configured map."""
+    @property
+    def output_map(self) -> MapName:
+        """The map the stage gives (and is tested, and its threshold chosen, on)."""
         raise NotImplementedError
 
-    def map_names(self) -> list[str]:
-        """The maps this stage reports (the keys of `maps_by_name`), `map_name` among them."""
-        return [self.map_name]
+    def output(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maps, scores) of the output map."""
+        raise NotImplementedError
 
-    def maps_by_name(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def map_names(self) -> list[MapName]:
+        """The maps this stage reports (the keys of `named_maps`), `output_map` among them."""
+        return [self.output_map]
+
+    def named_maps(self, images: torch.Tensor) -> dict[MapName, torch.Tensor]:
         """Every map of `map_names`, from one forward pass."""
-        return {self.map_name: self.anomaly_maps(images)[0]}
+        return {self.output_map: self.output(images)[0]}
 
     def map_details(self) -> dict[str, Any]:
         """What a reader of the metrics needs to know about how the maps were made (none by default)."""
@@ -138,12 +151,9 @@ class AnomalyStage(L.LightningModule):
             return {"optimizer": optimizer}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer)}}
 
-    def _validate_on_test(self) -> bool:
-        return bool(getattr(self.trainer.datamodule, "validate_on_test", False))
-
     def validate_on_test_batch(self, batch: Batch) -> None:
         """Authors' protocol (opt-in): maps and scores of labelled test images during validation."""
-        maps, scores = self.anomaly_maps(batch.image)
+        maps, scores = self.output(batch.image)
         self.val_metrics.update(scores, batch.label, maps[:, 0], batch.mask[:, 0] > 0.5)
 
     def selection_score(self, results: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -157,23 +167,23 @@ class AnomalyStage(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.inference_seconds, self.inference_images = 0.0, 0
         self.test_metrics = nn.ModuleDict(
-            {name: AnomalyMetrics(fpr_limit=self.fpr_limit) for name in self.map_names()}
+            {name.value: AnomalyMetrics(fpr_limit=self.fpr_limit) for name in self.map_names()}
         ).to(self.device)
 
     def test_step(self, batch: Batch, batch_idx: int) -> EvaluationOutput:
         """Evaluate a batch on every map; the time of image → maps + scores (not of metrics or pictures)
-        is summed. The configured map is what the callbacks (overlays, score plots) get."""
+        is summed. The output map is what the callbacks (overlays, score plots) get."""
         self._sync()
         start = time.perf_counter()
-        by_name = self.maps_by_name(batch.image)
-        scores = {name: image_scores(by_name[scored_map(name)]) for name in by_name}
+        by_name = self.named_maps(batch.image)
+        scores = {name: image_scores(by_name[name.scored_by]) for name in by_name}
         self._sync()
         self.inference_seconds += time.perf_counter() - start
         self.inference_images += len(batch)
         masks = batch.mask[:, 0] > 0.5
         for name, maps in by_name.items():
             self.test_metrics[name].update(scores[name], batch.label, maps[:, 0], masks)
-        return EvaluationOutput(by_name[self.map_name], scores[self.map_name])
+        return EvaluationOutput(by_name[self.output_map], scores[self.output_map])
 
     def on_test_epoch_end(self) -> None:
         self.test_results_by_map = {
@@ -181,20 +191,20 @@ class AnomalyStage(L.LightningModule):
             for name, metrics in self.test_metrics.items()
         }
         self.test_metrics = nn.ModuleDict()
-        self.test_results = self.test_results_by_map[self.map_name]
+        self.test_results = self.test_results_by_map[self.output_map.value]
         self.log_dict(
             {f"test/{k}": v for k, v in self.test_results.items()}, sync_dist=False, rank_zero_only=True
         )
         others = {
             f"test_{name}/{k}": v
             for name, results in self.test_results_by_map.items()
-            if name != self.map_name
+            if name != self.output_map
             for k, v in results.items()
         }
         self.log_dict(others, sync_dist=False, rank_zero_only=True)
 
     def on_validation_epoch_end(self) -> None:
-        if self._validate_on_test():
+        if self.validate_on_test:
             results = self.val_metrics.compute()
             self.val_metrics.reset()
             self.log("val/image_auroc", results["image_auroc"], prog_bar=True)

@@ -1,11 +1,12 @@
-"""Stage 2's frozen amplified teacher computed once per image: its output kept by dataset index.
+"""Stage 2's frozen teacher computed once per image: its features kept by sample id.
 
 The teacher (backbone + RAA) is frozen with BatchNorm in eval mode, and a stage-2 training or
 validation item is its file resized and normalised, so every epoch would recompute the same
-features. The first time a batch holds an item, its features are computed and stored on the training
-device; afterwards they are read back, and the loader stops decoding that item's image (the dataset's
-`skip_image` flags live in shared memory, so loader workers see them). The first epoch therefore
-costs what an uncached one does, and each DDP rank stores only the items it sees.
+features. Such items carry a sample id (data/datasets.py). The first time a batch holds an id, its
+features are computed and stored on the training device; afterwards they are read back, and the
+cache flags the id in `skip_image`, the flags the datamodule hands its loaders (shared memory, so
+loader workers see them), which then stop decoding that image. The first epoch therefore costs what
+an uncached one does, and each DDP rank stores only the items it sees.
 
 Stored features are bit for bit what the uncached run computes because the teacher always sees whole
 batches, as it does without the cache: float kernels may round an image's features by the size of
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,28 +28,41 @@ import numpy as np
 import torch
 
 from aand_lightning.errors import UserError
-from aand_lightning.models.amplified_teacher import TeacherOutput
+from aand_lightning.models.teacher import TeacherFeatures
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-Teacher = Callable[[torch.Tensor], TeacherOutput]
+Teacher = Callable[[torch.Tensor], TeacherFeatures]
 
 
 class FeatureCacheError(UserError):
-    """The cache would hand stage 2 other features than the teacher gives it uncached."""
+    """A cache setting is invalid, or the cache would hand stage 2 other features than the teacher
+    gives it uncached."""
 
 
 @dataclass(frozen=True)
 class FeatureCacheSettings:
-    """`distill.feature_cache` in the config. `max_gb=None`: `default_fraction` of the memory free on
-    the training device when the first cache is sized (on the host: of MemAvailable, split between the
-    processes of this machine)."""
+    """`distill.feature_cache` in the config, checked where it is built. `max_gb=None`:
+    `default_fraction` of the memory free on the training device when the store is sized (on the
+    host: of MemAvailable, split between the processes of this machine)."""
 
     enabled: bool = True
     dtype: str = "float32"
     max_gb: float | None = None
     default_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise FeatureCacheError(
+                f"distill.feature_cache.dtype={self.dtype} is not valid; pass one of {', '.join(DTYPES)}."
+            )
+        number = isinstance(self.max_gb, (int, float)) and not isinstance(self.max_gb, bool)
+        if self.max_gb is not None and not (number and self.max_gb >= 0):
+            raise FeatureCacheError(
+                f"distill.feature_cache.max_gb={self.max_gb} is not valid; pass a number of GB >= 0, or "
+                "null for half the free memory of the training device."
+            )
 
 
 def free_bytes(device: torch.device) -> int:
@@ -65,13 +78,13 @@ def free_bytes(device: torch.device) -> int:
 
 
 class FeatureStore:
-    """The stored teacher output of one dataset: per level a (N, C, H, W) tensor, and the flags.
+    """The stored teacher features of every sample id: per level a (N, C, H, W) tensor, and the flags.
 
-    `stored` is the dataset's shared `skip_image` tensor, read here through a numpy view so that the
-    bookkeeping of a training step runs no torch op (nothing that would wait for an accelerator).
+    `stored` is the datamodule's shared `skip_image` tensor, read here through a numpy view so that
+    the bookkeeping of a training step runs no torch op (nothing that would wait for an accelerator).
     """
 
-    def __init__(self, stored: torch.Tensor, like: TeacherOutput, dtype: torch.dtype) -> None:
+    def __init__(self, stored: torch.Tensor, like: TeacherFeatures, dtype: torch.dtype) -> None:
         self.stored = stored.numpy()
         self.count = len(like.amplified)
         self.levels = [_allocate(len(stored), t, dtype) for t in _kept(like)]
@@ -79,25 +92,25 @@ class FeatureStore:
         self.probe: Probe | None = None  # the independence check still to make (independence_check)
 
     @staticmethod
-    def item_bytes(like: TeacherOutput, dtype: torch.dtype) -> int:
+    def item_bytes(like: TeacherFeatures, dtype: torch.dtype) -> int:
         return sum(t[0].numel() for t in _kept(like)) * torch.empty((), dtype=dtype).element_size()
 
     def nbytes(self) -> int:
         return sum(level.numel() * level.element_size() for level in self.levels)
 
-    def missing(self, indices: np.ndarray) -> np.ndarray:
-        """Positions in the batch whose index has nothing stored yet."""
-        return np.flatnonzero(~self.stored[indices])
+    def missing(self, ids: np.ndarray) -> np.ndarray:
+        """Positions in the batch whose id has nothing stored yet."""
+        return np.flatnonzero(~self.stored[ids])
 
-    def write(self, indices: np.ndarray, out: TeacherOutput) -> None:
-        rows = torch.from_numpy(indices).to(self.levels[0].device)
+    def write(self, ids: np.ndarray, out: TeacherFeatures) -> None:
+        rows = torch.from_numpy(ids).to(self.levels[0].device)
         for level, tensor in zip(self.levels, _kept(out), strict=True):
             level.index_copy_(0, rows, tensor.to(level.dtype))
-        self.stored[indices] = True
+        self.stored[ids] = True
 
-    def read(self, indices: np.ndarray) -> TeacherOutput:
-        """The stored output for these indices, in the dtypes and memory format the teacher returned."""
-        rows = torch.from_numpy(indices).to(self.levels[0].device)
+    def read(self, ids: np.ndarray) -> TeacherFeatures:
+        """The stored features of these ids, in the dtypes and memory format the teacher returned."""
+        rows = torch.from_numpy(ids).to(self.levels[0].device)
         tensors = [
             level.index_select(0, rows).to(dtype).contiguous(memory_format=_memory_format(level))
             for level, dtype in zip(self.levels, self.dtypes, strict=True)
@@ -105,14 +118,14 @@ class FeatureStore:
         return _from_kept(tensors, self.count)
 
 
-def _kept(out: TeacherOutput) -> list[torch.Tensor]:
+def _kept(out: TeacherFeatures) -> list[torch.Tensor]:
     """What stage 2 reads of the teacher's output: the amplified levels, then the gates (if any)."""
     return [*out.amplified, *(out.gates or [])]
 
 
-def _from_kept(tensors: list[torch.Tensor], count: int) -> TeacherOutput:
+def _from_kept(tensors: list[torch.Tensor], count: int) -> TeacherFeatures:
     """`_kept`'s inverse: the first `count` tensors are the amplified levels, the rest the gates."""
-    return TeacherOutput(features=[], amplified=tensors[:count], gates=tensors[count:] or None)
+    return TeacherFeatures(features=[], amplified=tensors[:count], gates=tensors[count:] or None)
 
 
 def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
@@ -128,25 +141,27 @@ def _allocate(size: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
 
 
 class TeacherFeatureCache:
-    """What stage 2 calls instead of the teacher: stored output where it is kept, the teacher elsewhere.
+    """What stage 2 calls instead of the teacher: stored features where it has them, the teacher elsewhere.
 
-    One store per dataset (the train split, the validation split), sized when its first batch arrives,
-    under one memory budget; a dataset that does not fit, or whose items are not the same every epoch
-    (a random transform, synthetic anomalies), is served by the teacher, with one log line saying why.
-
-    `TeacherOutput.features` (the unamplified levels) is not kept: stage 2 reads the amplified
+    One store for every sample id (`skip_image`: one flag per id), sized when its first batch arrives,
+    within a memory budget; if they do not fit, the teacher serves every batch, with one log line
+    saying why. Items without an id (their content changes every epoch) always go to the teacher.
+    `TeacherFeatures.features` (the unamplified levels) is not kept: stage 2 reads the amplified
     features (and the gates), so cached outputs carry an empty list there.
     """
 
-    def __init__(self, settings: FeatureCacheSettings, processes_per_host: int = 1) -> None:
-        if settings.dtype not in DTYPES:
-            raise ValueError(f"feature_cache.dtype={settings.dtype!r}: pass one of {', '.join(DTYPES)}.")
+    def __init__(
+        self, settings: FeatureCacheSettings, skip_image: torch.Tensor, processes_per_host: int = 1
+    ) -> None:
         self.settings = settings
         self.dtype = DTYPES[settings.dtype]
+        self.skip_image = skip_image
         self.processes_per_host = processes_per_host
         self.budget: int | None = None if settings.max_gb is None else int(settings.max_gb * 1e9)
-        self.stores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # dataset → store or None
+        self.store: FeatureStore | None = None
+        self.off = not settings.enabled or len(skip_image) == 0
         self.checks: list[IndependenceCheck] = []  # made in a step, read by `verify` (no step waits)
+        skip_image.zero_()  # a fresh cache: nothing stored, every image decoded
 
     def verify(self) -> None:
         """Raise FeatureCacheError if a check made since the last call found the teacher mixing images.
@@ -155,69 +170,56 @@ class TeacherFeatureCache:
         for check in checks:
             check.verify()
 
-    def __call__(
-        self, teacher: Teacher, images: torch.Tensor, dataset: object, indices: Sequence[int] | None
-    ) -> TeacherOutput:
-        """The teacher's output for `images`, the items `indices` of `dataset` (None: not from one)."""
-        if not self.settings.enabled or indices is None or self.stores.get(dataset, True) is None:
+    def __call__(self, teacher: Teacher, images: torch.Tensor, ids: Sequence[int] | None) -> TeacherFeatures:
+        """The teacher's features for `images`, the items with sample ids `ids` (None: not reusable)."""
+        if self.off or ids is None:
             return _no_grad(teacher, images)
-        index = np.asarray(indices, dtype=np.int64)
-        store = self.stores.get(dataset)
+        index = np.asarray(ids, dtype=np.int64)
+        store = self.store
         if store is not None and not len(store.missing(index)):
             return store.read(index)
         out = _no_grad(teacher, images)  # the whole batch, as uncached (see the module docstring)
         if store is None:
-            store = self._open(dataset, out)
+            store = self._open(out)
             if store is None:
                 return out
             store.probe = Probe(int(index[0]), images[0].clone(), len(index))
         elif store.probe is not None and store.probe.batch_size == len(index):
-            stored = store.read(np.array([store.probe.index]))
+            stored = store.read(np.array([store.probe.sample_id]))
             self.checks.append(independence_check(teacher, images, store.probe, stored, self.dtype))
             store.probe = None
         positions = store.missing(index)
         store.write(index[positions], _rows(out, positions))
         return store.read(index)  # read back even when all new: every epoch sees the same stored values
 
-    def _open(self, dataset: object, like: TeacherOutput) -> FeatureStore | None:
-        """Size the store of `dataset` on its first batch, or decide (and say once) that it stays off."""
-        reason = self._refusal(dataset, like)
-        if reason is not None:
-            log.info("Stage-2 feature cache off for %s: %s; its teacher features are recomputed.",
-                     _name(dataset), reason)  # fmt: skip
-            self.stores[dataset] = None
-            return None
-        store = FeatureStore(dataset.skip_image, like, self.dtype)
-        self.budget -= store.nbytes()
-        log.info("Stage-2 feature cache on for %s: %s (%s) on %s.", _name(dataset), _size(store.nbytes()),
-                 self.settings.dtype, like.amplified[0].device)  # fmt: skip
-        self.stores[dataset] = store
-        return store
-
-    def _refusal(self, dataset: object, like: TeacherOutput) -> str | None:
-        if not getattr(dataset, "reusable", False) or not hasattr(dataset, "skip_image"):
-            return "its items are not the same every epoch (a random transform or synthetic anomalies)"
+    def _open(self, like: TeacherFeatures) -> FeatureStore | None:
+        """Size the store on the first batch, or decide (and say once) that the cache stays off."""
         device = like.amplified[0].device
         if self.budget is None:
             share = self.settings.default_fraction / (self.processes_per_host if device.type == "cpu" else 1)
             self.budget = int(free_bytes(device) * share)
-        needed = len(dataset) * FeatureStore.item_bytes(like, self.dtype)
+        count = len(self.skip_image)
+        needed = count * FeatureStore.item_bytes(like, self.dtype)
         if needed > self.budget:
-            return (f"they need {_size(needed)} ({self.settings.dtype}), over the "
-                    f"{_size(self.budget)} left of the budget (distill.feature_cache.max_gb; default "
-                    f"{self.settings.default_fraction:g} of the free {device.type} memory)")  # fmt: skip
-        return None
-
-
-def _name(dataset: object) -> str:
-    return f"the {len(dataset)} images of a {getattr(dataset, 'mode', type(dataset).__name__)} dataset"
+            log.info(
+                "Stage-2 feature cache off: the %d train and validation images need %s (%s), over the %s "
+                "budget (distill.feature_cache.max_gb; default %g of the free %s memory); their teacher "
+                "features are recomputed.", count, _size(needed), self.settings.dtype, _size(self.budget),
+                self.settings.default_fraction, device.type,
+            )  # fmt: skip
+            self.off = True
+            return None
+        self.store = FeatureStore(self.skip_image, like, self.dtype)
+        log.info("Stage-2 feature cache on for %d train and validation images: %s (%s) on %s.", count,
+                 _size(needed), self.settings.dtype, device)  # fmt: skip
+        return self.store
 
 
 def _size(count: int) -> str:
     return f"{count / 1e9:.2f} GB" if count >= 1e8 else f"{count / 1e6:.1f} MB"
 
 
-def _rows(out: TeacherOutput, positions: np.ndarray) -> TeacherOutput:
+def _rows(out: TeacherFeatures, positions: np.ndarray) -> TeacherFeatures:
     """The stored part of `out`: the batch rows at `positions`."""
     if len(positions) == len(out.amplified[0]):
         return out
@@ -229,7 +231,7 @@ def _rows(out: TeacherOutput, positions: np.ndarray) -> TeacherOutput:
 class Probe:
     """A store's first item, kept until the next batch of new images of the same size checks it."""
 
-    index: int
+    sample_id: int
     image: torch.Tensor
     batch_size: int
 
@@ -261,7 +263,7 @@ class IndependenceCheck:
 
 
 def independence_check(
-    teacher: Teacher, images: torch.Tensor, probe: Probe, stored: TeacherOutput, dtype: torch.dtype
+    teacher: Teacher, images: torch.Tensor, probe: Probe, stored: TeacherFeatures, dtype: torch.dtype
 ) -> IndependenceCheck:
     """Whether the teacher's output for an image depends on the other images of its batch.
 
@@ -283,6 +285,6 @@ def independence_check(
     return IndependenceCheck(torch.stack(differences).max(), tolerance)
 
 
-def _no_grad(teacher: Teacher, images: torch.Tensor) -> TeacherOutput:
+def _no_grad(teacher: Teacher, images: torch.Tensor) -> TeacherFeatures:
     with torch.no_grad():
         return teacher(images)

@@ -10,8 +10,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from aand_lightning.data.synthesis import synthesizer as synthesizer_module
-from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
+from aand_lightning.data.synthesis.synthesizer import FRACTIONS, AnomalySynthesizer, check_fractions
 from aand_lightning.data.synthesis.textures import ProceduralTextures, TextureFolder
+from aand_lightning.errors import UserError
 
 CONFIG = Path(__file__).parents[3] / "conf" / "synthesis" / "default.yaml"
 
@@ -157,3 +158,22 @@ def test_default_config_builds_the_documented_synthesizer(tmp_path: Path) -> Non
         "threshold": 0.5,
         "max_rotation": 90.0,
     }
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("clean_probability", -0.1), ("beta_max", 1.5), ("beta_max", True), ("beta_max", "x")]
+)
+def test_fraction_out_of_range_names_its_key_and_interval(key, value) -> None:
+    message = f"synthesis.{key}={value} is not valid; pass a number in [0.0, 1.0]."
+    with pytest.raises(UserError) as caught:
+        _synthesizer(**{key: value})
+    assert str(caught.value) == message
+    with pytest.raises(UserError) as caught:
+        check_fractions({key: value})
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1, 1.0, np.float32(0.5)])
+def test_fraction_bounds_are_closed(value) -> None:
+    check_fractions(dict.fromkeys(FRACTIONS, value))
+    _synthesizer(clean_probability=value, beta_max=value)

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from numbers import Real
+
 import numpy as np
 
 from aand_lightning.data.synthesis.perlin import perlin_mask
 from aand_lightning.data.synthesis.textures import TextureSource, make_texture_source
+from aand_lightning.errors import UserError
+
+# The closed interval of each fraction of the synthesis config; `checks.check_config` checks the
+# config against these before anything is built, and the synthesizer checks its arguments.
+FRACTIONS = {"clean_probability": (0.0, 1.0), "beta_max": (0.0, 1.0)}
+
+
+def check_fractions(values: Mapping[str, object]) -> None:
+    """Fail with one sentence naming `synthesis.<key>=<value>` unless each value is in its FRACTIONS range."""
+    for key, value in values.items():
+        low, high = FRACTIONS[key]
+        if isinstance(value, bool) or not isinstance(value, Real) or not low <= value <= high:
+            raise UserError(f"synthesis.{key}={value} is not valid; pass a number in [{low}, {high}].")
 
 
 class AnomalySynthesizer:
@@ -33,10 +49,7 @@ class AnomalySynthesizer:
         max_tries: int = 10,
         seed: int = 0,
     ) -> None:
-        if not 0.0 <= clean_probability <= 1.0:
-            raise ValueError(f"clean_probability must be in [0, 1], got {clean_probability}; fix the config.")
-        if not 0.0 <= beta_max <= 1.0:
-            raise ValueError(f"beta_max must be in [0, 1], got {beta_max}; fix the config.")
+        check_fractions({"clean_probability": clean_probability, "beta_max": beta_max})
         if max_tries < 1:
             raise ValueError(f"max_tries must be at least 1, got {max_tries}; fix the config.")
         if texture_source is None:

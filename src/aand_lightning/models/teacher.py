@@ -1,4 +1,7 @@
-"""The amplified teacher: the frozen encoder's levels, each followed by its own RAA module (in parallel)."""
+"""The teacher: the frozen encoder's levels, each followed by its own RAA module (in parallel).
+
+Without RAA (`raa.enabled=false`) it is the plain reverse-distillation teacher of the RD baseline.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,14 @@ import torch
 from torch import nn
 
 from aand_lightning.models.encoder import Encoder
-from aand_lightning.models.raa import ResidualAnomalyAmplifier, forced_gate
+from aand_lightning.models.raa import RAASettings, ResidualAnomalyAmplifier, forced_gate
 
 
 @dataclass
-class TeacherOutput:
-    """Vanilla features, amplified features (what the student learns) and predicted gates per level;
-    with a synthetic mask also the forced gates: each level's ground truth (stage 1's loss targets)."""
+class TeacherFeatures:
+    """What the teacher gives for a batch, per level: the encoder's features, the targets the student
+    learns (the amplified features; the features themselves without RAA) and the predicted gates (None
+    without RAA); with a synthetic mask also the forced gates, each level's ground truth (stage 1)."""
 
     features: list[torch.Tensor]
     amplified: list[torch.Tensor]
@@ -22,52 +26,37 @@ class TeacherOutput:
     forced_gates: list[torch.Tensor] | None = None
 
 
-def require_raa(enabled: bool, stage1: bool = False, fused: object = None) -> None:
+def require_raa(enabled: bool, stage1: bool = False, fused: bool = False) -> None:
     """The RD baseline (raa=off) has no RAA: no stage 1 to train it, no gate map to fuse (`fused`: the
-    fusion setting when the fused map is on). The one rule and message for the config check and the
-    modules; ValueError names the fix."""
+    fused map is the output). The one rule and message for the config check and the modules;
+    ValueError names the fix."""
     if enabled:
         return
     if stage1:
         raise ValueError(
             "stage=amplify trains RAA but raa.enabled=false; use stage=distill for the RD baseline."
         )
-    if fused is not None:
+    if fused:
         raise ValueError(
-            f"anomaly_map.fusion={fused} fuses the RAA gate map, which raa=off does not have; "
-            "pass anomaly_map.fusion=off for the RD baseline."
+            "anomaly_map.output=fused fuses the RAA gate map, which raa=off does not have; "
+            "pass anomaly_map.output=aand for the RD baseline."
         )
 
 
-class AmplifiedTeacher(nn.Module):
-    """Encoder + one RAA per level. With `enabled=False` it is the plain RD teacher (the RD baseline).
+class Teacher(nn.Module):
+    """Encoder + one RAA per level when `raa.enabled` (AAND), the encoder alone otherwise (RD).
 
     The next backbone stage always consumes the original features, so RAA never changes what deeper
-    levels see; only the targets handed to the student are amplified. State dicts saved when the
-    encoder was called `teacher` (`teacher.*` keys) still load.
+    levels see; only the targets handed to the student are amplified.
     """
 
-    def __init__(
-        self,
-        encoder: Encoder,
-        enabled: bool,
-        num_prototypes: int,
-        temperature: float,
-        max_hidden: int,
-        eps: float,
-    ) -> None:
+    def __init__(self, encoder: Encoder, raa: RAASettings) -> None:
         super().__init__()
         self.encoder = encoder
-        self.enabled = enabled
+        self.amplifies = raa.enabled
         self.raa = nn.ModuleList(
-            [
-                ResidualAnomalyAmplifier(c, num_prototypes, temperature, max_hidden, eps)
-                for c in encoder.channels
-            ]
-            if enabled
-            else []
+            [ResidualAnomalyAmplifier(c, raa) for c in encoder.channels] if raa.enabled else []
         )
-        self.register_load_state_dict_pre_hook(_rename_encoder_keys)
 
     @property
     def channels(self) -> list[int]:
@@ -79,7 +68,7 @@ class AmplifiedTeacher(nn.Module):
         mask: torch.Tensor | None = None,
         forcing: bool = False,
         mask_threshold: float = 0.3,
-    ) -> TeacherOutput:
+    ) -> TeacherFeatures:
         """Stage 1 in one call: with the synthetic `mask` (B,1,H,W) the output carries each level's forced
         gate (`forced_gate` at `mask_threshold`); `forcing` (stage-1 training) puts them in place of the
         predicted gates in the residual. The predicted gates are returned either way."""
@@ -94,17 +83,10 @@ class AmplifiedTeacher(nn.Module):
 
     def amplify(
         self, features: list[torch.Tensor], forced_gates: list[torch.Tensor] | None = None
-    ) -> TeacherOutput:
+    ) -> TeacherFeatures:
         """Apply each level's RAA; `forced_gates` replace the predicted gates in the residual."""
-        if not self.enabled:
-            return TeacherOutput(features, features, None)
+        if not self.amplifies:
+            return TeacherFeatures(features, features, None)
         forced = forced_gates if forced_gates is not None else [None] * len(features)
         outputs = [raa(f, g) for raa, f, g in zip(self.raa, features, forced, strict=True)]
-        return TeacherOutput(features, [o[0] for o in outputs], [o[1] for o in outputs])
-
-
-def _rename_encoder_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-    """Checkpoints and stage-1 artifacts written before the rename hold `teacher.*` for the encoder."""
-    old = f"{prefix}teacher."
-    for key in [k for k in state_dict if k.startswith(old)]:
-        state_dict[f"{prefix}encoder.{key[len(old) :]}"] = state_dict.pop(key)
+        return TeacherFeatures(features, [o[0] for o in outputs], [o[1] for o in outputs])

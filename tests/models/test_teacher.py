@@ -3,29 +3,12 @@ import torch
 import torch.nn.functional as F
 
 from aand_lightning.config import config_file
-from aand_lightning.models.build import build_aand, build_amplified_teacher
+from aand_lightning.models.build import build_teacher
 from aand_lightning.models.losses import AmplificationLoss, amplification_loss, focal_loss
 from aand_lightning.models.raa import forced_gate
 
 RESNET18 = {**config_file("backbone/resnet18.yaml"), "weights": "none"}
 RAA = {**config_file("raa/default.yaml"), "num_prototypes": 4}
-
-
-def test_state_dicts_from_before_the_encoder_rename_still_load():
-    """Artifacts and checkpoints saved when the encoder was `AmplifiedTeacher.teacher` hold `teacher.*`."""
-    torch.manual_seed(0)
-    saved = build_amplified_teacher(RESNET18, RAA)
-    old = {k.replace("encoder.", "teacher.", 1): v for k, v in saved.state_dict().items()}
-    assert any(k.startswith("teacher.backbone.") for k in old)
-    torch.manual_seed(1)
-    loaded = build_amplified_teacher(RESNET18, RAA)
-    loaded.load_state_dict(old)  # strict
-    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in saved.state_dict().items())
-    # nested: a stage-2 model (AAND.teacher.teacher.* → AAND.teacher.encoder.*)
-    model = build_aand(RESNET18, RAA, config_file("train.yaml")["anomaly_map"])
-    nested = {k.replace("teacher.encoder.", "teacher.teacher.", 1): v for k, v in model.state_dict().items()}
-    assert any(k.startswith("teacher.teacher.") for k in nested)
-    model.load_state_dict(nested)
 
 
 def _stage1_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,7 +23,7 @@ def _stage1_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def test_the_forced_gates_come_with_the_mask_and_forcing_puts_them_in_the_residual():
     torch.manual_seed(0)
-    teacher = build_amplified_teacher(RESNET18, RAA).eval()
+    teacher = build_teacher(RESNET18, RAA).eval()
     images, mask, _ = _stage1_inputs()
     plain = teacher(images)
     assert plain.forced_gates is None
@@ -60,7 +43,7 @@ def test_the_forced_gates_come_with_the_mask_and_forcing_puts_them_in_the_residu
 def test_the_stage1_loss_of_one_forward_equals_the_four_step_computation():
     """Backbone, level targets, amplify, loss (which pooled the targets again): the old stage-1 step."""
     torch.manual_seed(0)
-    teacher = build_amplified_teacher(RESNET18, RAA)
+    teacher = build_teacher(RESNET18, RAA)
     loss = AmplificationLoss(max_normal=40, max_anomalous=20)
     images, mask, foreground = _stage1_inputs()
 

@@ -13,11 +13,14 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from aand_lightning.data.synthesis.synthesizer import FRACTIONS, check_fractions
 from aand_lightning.errors import UserError
-from aand_lightning.models.amplified_teacher import require_raa
+from aand_lightning.models.aand import OUTPUTS
+from aand_lightning.models.anomaly_map import MapName
 from aand_lightning.models.encoder import ENCODER_STRIDES
-from aand_lightning.models.fusion import parse_fusion
-from aand_lightning.stages.feature_cache import DTYPES
+from aand_lightning.models.fused_map import parse_weight
+from aand_lightning.models.teacher import require_raa
+from aand_lightning.stages.feature_cache import FeatureCacheSettings
 
 # The student's bottleneck halves the deepest (stride-16) level once more, and its decoder doubles
 # back up: sizes must divide by this for the levels to line up.
@@ -70,45 +73,41 @@ def _image_size(cfg: DictConfig) -> None:
 
 
 def _feature_cache(cfg: DictConfig) -> None:
-    dtype = _value(cfg, "distill.feature_cache.dtype")
-    if dtype not in DTYPES:
-        raise ConfigError(
-            f"distill.feature_cache.dtype={dtype} is not valid; pass one of {', '.join(DTYPES)}."
-        )
-    max_gb = _value(cfg, "distill.feature_cache.max_gb")
-    number = isinstance(max_gb, (int, float)) and not isinstance(max_gb, bool)
-    if max_gb is not None and not (number and max_gb >= 0):
-        raise ConfigError(
-            f"distill.feature_cache.max_gb={max_gb} is not valid; pass a number of GB >= 0, or null for "
-            "half the free memory of the training device."
-        )
+    try:
+        FeatureCacheSettings(**OmegaConf.to_container(_value(cfg, "distill.feature_cache")))
+    except UserError as error:
+        raise ConfigError(str(error)) from None
 
 
-def _raa(cfg: DictConfig, stage1: bool = False, fused: object = None) -> None:
+def _raa(cfg: DictConfig, stage1: bool = False, fused: bool = False) -> None:
     try:
         require_raa(cfg.raa.enabled, stage1, fused)
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
 
-def _fusion(cfg: DictConfig) -> None:
-    """The fused map needs RAA gates and normal validation images for its statistics."""
-    setting = _value(cfg, "anomaly_map.fusion")
+def _anomaly_map(cfg: DictConfig) -> None:
+    """The output map is one stage 2 gives; the fused map needs RAA gates and normal validation images
+    for its statistics."""
+    output = _value(cfg, "anomaly_map.output")
+    choices = [name.value for name in OUTPUTS]
+    if output not in choices:
+        raise ConfigError(f"anomaly_map.output={output} is not valid; pass one of {', '.join(choices)}.")
     try:
-        enabled, _ = parse_fusion(setting)
+        parse_weight(_value(cfg, "anomaly_map.fused_weight"))
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if enabled:
-        _raa(cfg, fused=setting)
-    if enabled and cfg.datamodule.validate_on_test:
-        raise ConfigError(
-            f"anomaly_map.fusion={setting} takes its statistics from normal validation images, which "
-            "protocol=authors replaces by the test set; pass anomaly_map.fusion=off with it."
-        )
+    if output == MapName.FUSED:
+        _raa(cfg, fused=True)
+        if cfg.datamodule.validate_on_test:
+            raise ConfigError(
+                "anomaly_map.output=fused takes its statistics from normal validation images, which "
+                "protocol=authors replaces by the test set; pass anomaly_map.output=aand with it."
+            )
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Sizes, batch sizes, epochs, fractions, the map fusion and the resume setting of a training config."""
+    """Sizes, batch sizes, epochs, fractions, the anomaly maps and the resume setting of a training config."""
     _image_size(cfg)
     _integer(cfg, "datamodule.batch_size", 1)
     _integer(cfg, "datamodule.eval_batch_size", 1, optional=True)
@@ -121,11 +120,13 @@ def check_config(cfg: DictConfig) -> None:
     _fraction(cfg, "datamodule.val_fraction", 0.0, 1.0, closed_low=True, closed_high=False)
     _fraction(cfg, "distill.threshold_quantile", 0.0, 1.0, closed_low=True, closed_high=True)
     _fraction(cfg, "evaluation.fpr_limit", 0.0, 1.0, closed_low=False, closed_high=True)
-    _fraction(cfg, "synthesis.clean_probability", 0.0, 1.0, closed_low=True, closed_high=True)
-    _fraction(cfg, "synthesis.beta_max", 0.0, 1.0, closed_low=True, closed_high=True)
+    try:
+        check_fractions({key: _value(cfg, f"synthesis.{key}") for key in FRACTIONS})
+    except UserError as error:
+        raise ConfigError(str(error)) from None
     _feature_cache(cfg)
-    _fusion(cfg)
-    _integer(cfg, "anomaly_map.fusion_draws", 1)
+    _anomaly_map(cfg)
+    _integer(cfg, "distill.gate_draws", 1)
     stages = list(cfg.stage.run)
     _raa(cfg, stage1="amplify" in stages)
     ckpt = cfg.ckpt_path

@@ -1,6 +1,6 @@
 import numpy as np
 
-from aand_lightning.visualization import heatmap_overlay, score_plots
+from aand_lightning.reporting.visualization import heatmap_overlay, score_plots
 
 
 def test_overlay_panel_has_contour_and_shared_colour_scale():

@@ -7,14 +7,8 @@ the gate map is moved onto the AAND map's normal mean and spread and the two are
     F = (1 − w)·A + w·(μ_A + σ_A·(G − μ_G)/σ_G)
 
 w = 0 is the paper's map A bit for bit, w = 1 the normalised gate map, and F stays in A's units (so
-overlays and thresholds read the same way, and scores stay small for torchmetrics).
-
-F only says *where*: the image score stays the paper's, max A (`scored_map`). The gate fires on
-normal variation its validation images did not show and misses defect kinds unlike its synthetic
-anomalies; an image-level verdict from max F would inherit both, while F's pixels still gain where the
-gate sees the defect (benchmarks/results/2026-11-29-fusion-pixel-map.md).
-
-The weight of `fusion=auto` is the gate's responsiveness, capped at ¼ (`gate_weight`).
+overlays and thresholds read the same way). F only says *where*: the image score stays the paper's,
+max A (`MapName.scored_by`). Why, and the measurements behind the rule: docs/fused-map.md.
 """
 
 from __future__ import annotations
@@ -24,7 +18,6 @@ import math
 import torch
 from torch import nn
 
-OFF = "off"
 AUTO = "auto"
 WEIGHT_CAP = 0.25
 
@@ -34,11 +27,9 @@ def gate_weight(normal_gate: torch.Tensor, anomalous_gate: torch.Tensor) -> floa
     level on normal pixels towards 1, its training target, on synthetic anomalies of held-out images.
 
     Measured in the gate's own units (a probability), so a gate that hardly moves gets no weight however
-    much the σ-normalisation would magnify it. Synthetic anomalies are the gate's home ground (it was
-    trained on such): they can show a gate is weak, never that it sees real defects, so they earn it at
-    most ¼ (`WEIGHT_CAP`). With ½, the pixel metrics fell 1–3 points where the gate missed the real
-    defect kinds; with ¼, at most 0.5 on the means (2026-11-29-fusion-pixel-map.md). No anomalous
-    pixel (an empty tensor) is no evidence: w = 0.
+    much the σ-normalisation would magnify it. Synthetic anomalies are the gate's home ground: they can
+    show a gate is weak, never that it sees real defects, so they earn it at most ¼ (`WEIGHT_CAP`).
+    No anomalous pixel (an empty tensor) is no evidence: w = 0.
     """
     if anomalous_gate.numel() == 0:
         return 0.0
@@ -47,39 +38,25 @@ def gate_weight(normal_gate: torch.Tensor, anomalous_gate: torch.Tensor) -> floa
     return float(responsiveness.clamp(0.0, WEIGHT_CAP))
 
 
-def scored_map(name: str) -> str:
-    """The map whose maximum is the image score of map `name`: its own, except for the fused map, whose
-    images are scored by the paper's map (F says where, A whether)."""
-    return "aand" if name == "fused" else name
-
-
-def parse_fusion(setting: str | float | bool | None) -> tuple[bool, float | None]:
-    """`anomaly_map.fusion` → (fused map is the output, fixed weight or None for the rule).
-
-    `off` (YAML reads a bare off as False) keeps the paper's map; `auto` chooses w on normal images;
-    a number in [0, 1] is w itself.
-    """
-    if setting is False or setting == OFF:
-        return False, None
+def parse_weight(setting: str | float) -> float | None:
+    """`anomaly_map.fused_weight` → the fixed weight, or None for `auto` (the rule of `gate_weight`)."""
     if setting == AUTO:
-        return True, None
+        return None
     if isinstance(setting, (int, float)) and not isinstance(setting, bool) and 0.0 <= setting <= 1.0:
-        return True, float(setting)
-    raise ValueError(f"anomaly_map.fusion={setting!r} is not valid; pass off, auto or a weight in [0, 1].")
+        return float(setting)
+    raise ValueError(f"anomaly_map.fused_weight={setting!r} is not valid; pass auto or a weight in [0, 1].")
 
 
-class MapFusion(nn.Module):
+class FusedMap(nn.Module):
     """Buffers `weight` (w) and `stats` (μ_A, σ_A, μ_G, σ_G), NaN until `calibrate` has seen normal maps.
 
-    `enabled` says whether the fused map is the model's output; the buffers are calibrated either way,
-    so a run can report the fused map beside the paper's. `draws` is how many synthetic anomalies per
-    held-out image the stage draws for `gate_weight` (`fusion=auto`, or `off`: the reported map).
+    Calibrated whether or not the fused map is the model's output, so a run can report it beside the
+    paper's map.
     """
 
-    def __init__(self, fusion: str | float | bool | None = OFF, draws: int = 8) -> None:
+    def __init__(self, weight: str | float = AUTO) -> None:
         super().__init__()
-        self.enabled, self.fixed_weight = parse_fusion(fusion)
-        self.draws = draws
+        self.fixed_weight = parse_weight(weight)
         self.register_buffer("weight", torch.tensor(math.nan))
         self.register_buffer("stats", torch.full((4,), math.nan))
 
@@ -89,15 +66,14 @@ class MapFusion(nn.Module):
 
     @property
     def setting(self) -> str | float:
-        """`anomaly_map.fusion` as parsed: off, auto or the fixed weight."""
-        return OFF if not self.enabled else (AUTO if self.fixed_weight is None else self.fixed_weight)
+        """`anomaly_map.fused_weight` as parsed: auto or the fixed weight."""
+        return AUTO if self.fixed_weight is None else self.fixed_weight
 
     def describe(self) -> dict[str, object]:
         """The setting, the weight in use and the normal statistics, as plain values (for metrics.json)."""
-        setting = self.setting
         mean_a, std_a, mean_g, std_g = self.stats.tolist()
         return {
-            "fusion": setting,
+            "fused_weight": self.setting,
             "weight": float(self.weight),
             "normal_stats": {"aand_mean": mean_a, "aand_std": std_a, "gate_mean": mean_g, "gate_std": std_g},
         }
@@ -110,8 +86,8 @@ class MapFusion(nn.Module):
         `gate_weight` of the gate-map values inside synthetic anomalies (`anomalous_gate`)."""
         if self.fixed_weight is None and anomalous_gate is None:
             raise ValueError(
-                "fusion=auto weighs the gate by its response to synthetic anomalies of held-out images; "
-                "pass their gate-map values, or a fixed weight (anomaly_map.fusion=0.5)."
+                "fused_weight=auto weighs the gate by its response to synthetic anomalies of held-out "
+                "images; pass their gate-map values, or a fixed weight (anomaly_map.fused_weight=0.5)."
             )
         aand, gate = aand.double(), gate.double()
         self.stats.copy_(torch.stack([aand.mean(), aand.std(), gate.mean(), gate.std()]))

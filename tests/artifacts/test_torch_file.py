@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from aand_lightning.artifacts.torch_file import load_torch_file
 from aand_lightning.errors import UserError
-from aand_lightning.files import load_torch_file
-from aand_lightning.weights import WeightsUnavailableError, load_weights_file
+from aand_lightning.models.weights import WeightsUnavailableError, load_weights_file
 
 
 @pytest.fixture(scope="module")

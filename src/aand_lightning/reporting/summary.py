@@ -9,18 +9,72 @@ from __future__ import annotations
 import csv
 import json
 import math
+import resource
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from aand_lightning.cli import FAILED
 from aand_lightning.config import sweep_group
+from aand_lightning.reporting.failures import FAILED
+
+if TYPE_CHECKING:
+    from aand_lightning.stages.base import AnomalyStage
 
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "per_image_pro")
+METRIC_NOTES = {
+    "aupro": "dataset-level AUPRO, integrated to FPR fpr_limit and normalised by fpr_limit",
+    "per_image_pro": "RD-style PRO: per-image AUPRO to fpr_limit, averaged over anomalous images",
+}
 HEADERS = ("image AUROC", "pixel AUROC", "AUPRO@0.3", "per-image PRO")
+
+
+def _protocol_label(cfg: DictConfig) -> str:
+    """What the tested model was chosen with, as tables print it."""
+    label = "selected on test" if cfg.protocol.validate_on_test else "no test-set selection"
+    return label if cfg.protocol.name == "clean" else f"{label} ({cfg.protocol.name})"
+
+
+def _peak_memory_mb(module: AnomalyStage) -> dict[str, float]:
+    """Peak process RSS (Linux reports KiB) and, on CUDA, peak allocated device memory."""
+    peak = {"host_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if module.device.type == "cuda":
+        peak["cuda_allocated"] = torch.cuda.max_memory_allocated(module.device) / 2**20
+    return peak
+
+
+def stage_record(
+    cfg: DictConfig, module: AnomalyStage, fit_seconds: float, resumed_from: str | None, eval_batch_size: int
+) -> dict[str, Any]:
+    """The metrics record of a tested stage (its metrics.json): what ran, on what, how well, how fast."""
+    name = module.stage_name
+    return {
+        "stage": name,
+        "dataset": cfg.dataset.name,
+        "category": cfg.dataset.category,
+        "seed": cfg.seed,
+        "map": module.output_map.value,
+        "backbone": cfg.backbone.name,
+        "raa": cfg.raa.enabled,
+        "fpr_limit": cfg.evaluation.fpr_limit,
+        "textures": module.textures,
+        "protocol": _protocol_label(cfg),
+        "metrics": module.test_results,
+        "metrics_by_map": module.test_results_by_map,
+        "map_details": module.map_details(),
+        "notes": METRIC_NOTES,
+        "performance": {
+            "fit_seconds": fit_seconds,
+            "epochs": cfg[name].epochs,
+            "resumed_from": resumed_from,
+            "inference_images_per_second": module.inference_images / max(module.inference_seconds, 1e-9),
+            "inference_batch_size": eval_batch_size,
+            "peak_memory_mb": _peak_memory_mb(module),
+        },
+    }
 
 
 def map_rows(record: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:

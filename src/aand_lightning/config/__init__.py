@@ -1,13 +1,16 @@
-"""Where the Hydra configs live: inside the installed package, or at the top of a source checkout."""
+"""Where the Hydra configs live (inside the installed package, or at the top of a source checkout), the
+resolvers they use, and plain values of config nodes. `checks` validates a config before anything is
+built; `experiment_group` serves the top-level experiments/ folder as Hydra's `experiment` group."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from aand_lightning.config import experiment_group  # noqa: F401  (registers the `experiment` group's source)
 
 # Lets configs turn a list into a sweep value, e.g. every category of a dataset (conf/sweep/).
 OmegaConf.register_new_resolver("csv", lambda items: ",".join(map(str, items)), replace=True)
@@ -34,7 +37,7 @@ OmegaConf.register_new_resolver(
 
 def config_dir() -> Path:
     """The `conf/` folder: packaged copy first (wheel install), then the checkout's (editable install)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     for candidate in (package / "conf", package.parents[1] / "conf"):
         if (candidate / "train.yaml").is_file():
             return candidate
@@ -44,35 +47,23 @@ def config_dir() -> Path:
     )
 
 
+def experiments_dir() -> Path:
+    """The `experiments/` folder, Hydra's `experiment` group (see experiment_group.py): the one beside
+    the `conf/` that `config_dir()` found, i.e. the packaged copy (wheel) or the checkout's top level."""
+    experiments = config_dir().parent / "experiments"
+    if not experiments.is_dir():
+        raise FileNotFoundError(
+            f"No experiments/ folder next to {config_dir()}; reinstall aand-lightning (pip install .) "
+            "or run from a checkout."
+        )
+    return experiments
+
+
 def config_file(path: str) -> dict[str, Any]:
     """One file of `conf/` as written (not composed, not resolved), e.g. `raa/default.yaml`."""
     return OmegaConf.to_container(OmegaConf.load(config_dir() / path))
 
 
-def _student_defaults(name: str) -> dict[str, Any]:
-    """`student` of the backbone option for the timm `name` (e.g. wide_resnet50_2.tv_in1k); {} if none."""
-    for path in sorted((config_dir() / "backbone").glob("*.yaml")):
-        option = config_file(f"backbone/{path.name}")
-        if name in (option["name"], path.stem):
-            return option["student"]
-    return {}
-
-
-def with_config_defaults(model: Mapping[str, Any]) -> dict[str, Any]:
-    """The model settings a checkpoint or stage-1 artifact stores (`backbone`, `raa`, `anomaly_map`),
-    with each key an older version did not write taken from the configs: the one place old files are
-    brought up to date, so they keep loading when a setting is added."""
-    filled = dict(model)
-    if "raa" in model:
-        filled["raa"] = {**config_file("raa/default.yaml"), **model["raa"]}
-    if "anomaly_map" in model:  # a stage-2 checkpoint's model_config
-        train = config_file("train.yaml")
-        filled["anomaly_map"] = {**train["anomaly_map"], **model["anomaly_map"]}
-        filled.setdefault("interpolation", train["datamodule"]["interpolation"])
-    if "student" in model.get("backbone", {}):
-        backbone = model["backbone"]
-        filled["backbone"] = {
-            **backbone,
-            "student": {**_student_defaults(backbone["name"]), **backbone["student"]},
-        }
-    return filled
+def plain(node: Any) -> Any:
+    """A config node as plain Python values (resolved), for checkpoints, files and loggers."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node

@@ -1,6 +1,6 @@
 import json
 
-from aand_lightning.summary import collect, format_table, write_summary
+from aand_lightning.reporting.summary import collect, format_table, write_summary
 
 
 def _record(category: str, stage: str, auroc: float) -> dict:

@@ -1,0 +1,2 @@
+"""What runs leave behind and later runs read: the stage-1 amplifier (and its cache), the stage-2
+checkpoint, and the one migration that keeps files of older versions loading."""

@@ -1,0 +1,1 @@
+"""What runs tell people: metrics records and tables, pictures, and failures in one sentence."""
