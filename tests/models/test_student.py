@@ -18,7 +18,7 @@ def test_student_matches_teacher_shapes(name):
     with torch.device("meta"):
         model = build_aand({"name": name, "weights": "none", "student": STUDENTS[name]}, RAA, ANOMALY_MAP)
         out = model.eval()(torch.randn(2, 3, 64, 64))
-    assert [s.shape for s in out.student] == [t.shape for t in out.teacher.amplified]
+    assert [s.shape for s in out.student] == [t.shape for t in out.teacher_features.amplified]
     assert out.map.shape == (2, 1, 64, 64) and out.score.shape == (2,)
 
 

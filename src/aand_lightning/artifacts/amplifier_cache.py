@@ -56,7 +56,9 @@ def _resolved(node: Any) -> Any:
 
 
 def _stage1_settings(cfg: DictConfig) -> dict[str, Any]:
-    plain = {k: _resolved(cfg[k]) for k in cfg if k not in _NOT_STAGE1}
+    plain = {k: _resolved(cfg[k]) for k in cfg if k not in _NOT_STAGE1 | {"protocol"}}
+    # The protocol's callbacks are built from its other fields (and name per-run folders): key on those.
+    plain["protocol"] = {k: _resolved(v) for k, v in cfg.get("protocol", {}).items() if k != "callbacks"}
     plain["datamodule"] = {k: v for k, v in plain["datamodule"].items() if k not in _NOT_STAGE1_DATAMODULE}
     plain["trainer"] = {k: v for k, v in plain["trainer"].items() if k not in _NOT_STAGE1_TRAINER}
     plain["evaluation"] = {k: v for k, v in plain.get("evaluation", {}).items() if k != "heatmaps"}

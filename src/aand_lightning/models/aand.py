@@ -20,11 +20,11 @@ OUTPUTS = (MapName.AAND, MapName.FUSED)
 @dataclass
 class AANDOutput:
     """The output map (B,1,H,W) and image scores (B,); `maps` holds the named maps asked for, from the
-    same forward pass; `teacher` and `student` are the features they were computed from."""
+    same forward pass; `teacher_features` and `student` are the features they were computed from."""
 
     score: torch.Tensor
     map: torch.Tensor
-    teacher: TeacherFeatures
+    teacher_features: TeacherFeatures
     student: list[torch.Tensor]
     maps: dict[MapName, torch.Tensor] = field(default_factory=dict)
 
@@ -94,16 +94,16 @@ class AAND(nn.Module):
         teacher_features: TeacherFeatures | None = None,
     ) -> AANDOutput:
         """The output map and scores, and the named `maps` asked for, from one pass."""
-        teacher, student = self.distill(images, teacher_features)
+        features, student = self.distill(images, teacher_features)
         size = tuple(images.shape[-2:])
         wanted = {self.output, *maps}
         computed: dict[MapName, torch.Tensor] = {}
         if wanted & {MapName.AAND, MapName.FUSED}:
-            computed[MapName.AAND] = self.anomaly_map(teacher.amplified, student, size)[0]
+            computed[MapName.AAND] = self.anomaly_map(features.amplified, student, size)[0]
         if wanted & {MapName.GATE, MapName.FUSED}:
-            computed[MapName.GATE] = self.anomaly_map.gate_map(teacher.gates, size)[0]
+            computed[MapName.GATE] = self.anomaly_map.gate_map(features.gates, size)[0]
         if MapName.FUSED in wanted:
             computed[MapName.FUSED] = self.fused_map(computed[MapName.AAND], computed[MapName.GATE])
         score = image_scores(computed[self.output.scored_by])
         named = {name: computed[name] for name in maps}
-        return AANDOutput(score, computed[self.output], teacher, student, named)
+        return AANDOutput(score, computed[self.output], features, student, named)

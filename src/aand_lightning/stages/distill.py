@@ -138,7 +138,7 @@ class NormalityDistillation(AnomalyStage):
             return
         names = [name for name in self.model.map_names() if name in _COMPONENTS]
         out = self.model(batch.image, maps=names, teacher_features=self._teacher_features(batch))
-        loss = self.loss(out.teacher.amplified, out.student)
+        loss = self.loss(out.teacher_features.amplified, out.student)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
         self._val_maps.append({name: maps.detach() for name, maps in out.maps.items()})
 

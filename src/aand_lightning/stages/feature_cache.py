@@ -157,7 +157,7 @@ class TeacherFeatureCache:
         self.dtype = DTYPES[settings.dtype]
         self.skip_image = skip_image
         self.processes_per_host = processes_per_host
-        self.budget: int | None = None if settings.max_gb is None else int(settings.max_gb * 1e9)
+        self.budget: int | None = None if settings.max_gb is None else round(settings.max_gb * 1e9)
         self.store: FeatureStore | None = None
         self.off = not settings.enabled or len(skip_image) == 0
         self.checks: list[IndependenceCheck] = []  # made in a step, read by `verify` (no step waits)
