@@ -70,6 +70,13 @@ def image_scores(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(1).amax(dim=1)
 
 
+def normalized(values: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """Scores or maps on [0, 1] with 0.5 at `threshold`: values / (2·threshold), clipped. The maps and
+    scores are ≥ 0, so 0 stays 0 and everything from twice the threshold up reads 1 (the heatmaps'
+    colour range); one formula for predict, the Python API and the exported graph."""
+    return (values / (2 * threshold)).clamp(0.0, 1.0)
+
+
 class AnomalyMapGenerator(nn.Module):
     """Sum of per-level cosine distances, upsampled to the image and smoothed; score = max of the map.
 
