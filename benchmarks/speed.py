@@ -13,6 +13,9 @@ beside it holds the numbers. Sections (`--sections`, default all):
   (channels_last, bf16 autocast, torch.compile) with their numerical difference to float32 eager,
   smoothing, the loaders, FLOPs against the limit, the top ops of one inference.
 - memory: peak memory of each system's step, each in a fresh subprocess.
+- inference (benchmarks/inference.py): exported models, ours (RD mode and AAND, by
+  `aand_lightning.export`) against anomalib's RD exported by anomalib, in onnxruntime and OpenVINO.
+- aupro (benchmarks/inference.py): our AUPRO against anomalib's on 100 maps, values and time.
 
 The limit (benchmarks/peak.py) is always measured: the best float32 rate over several matmul sizes
 and convolution shapes, and on a CPU the theoretical peak lscpu gives.
@@ -41,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from epochs import epochs_section
+from inference import aupro_section, inference_section
 from peak import Peak, describe, machine_peak
 from systems import (
     ROOT,
@@ -228,7 +232,7 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-SECTIONS = ("epochs", "steps", "memory")
+SECTIONS = ("epochs", "steps", "memory", "inference", "aupro")
 
 
 def steps_section(args, device: torch.device, peak: Peak, headline: list[str]) -> list[str]:
@@ -388,6 +392,10 @@ def main() -> None:
         body += steps_section(args, device, peak, headline)
     if "memory" in args.sections:
         body += memory_section(args, [n for n in SYSTEMS if System(n, device, args.size).available])
+    if "inference" in args.sections:
+        body += inference_section(args, headline, report)
+    if "aupro" in args.sections:
+        body += aupro_section(args, headline, report)
     body.append(
         f"Peak RSS of this whole run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB."
     )

@@ -1,6 +1,8 @@
 import importlib
+import json
 import logging
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -66,30 +68,28 @@ def cli_arguments():
 
 
 def train_here(tmp: Path, name: str, *overrides: str) -> tuple[list, Path]:
-    """`python -m aand_lightning.train <overrides>` in this process: composes the real config with Hydra,
-    sets the Hydra runtime (run dir `tmp/name`, demo data and caches under `tmp`) and calls `train.run`;
-    returns (records, run dir)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-
+    """`aand_lightning.train` (`python -m aand_lightning.train <overrides>` in this process) on the smoke
+    run in `tmp/name`, with demo data and caches under `tmp`; returns (its metrics.json records, run dir)."""
     from aand_lightning import train
-    from aand_lightning.config import config_dir
 
     run_dir = tmp / name
-    cwd = os.getcwd()
-    os.chdir(tmp)  # Hydra's runtime.cwd (paths.root_dir) is the working directory, as in the CLI
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=run_arguments(tmp, run_dir, f"hydra.runtime.output_dir={run_dir}", *overrides),
-                return_hydra_config=True,
-            )
-        HydraConfig.instance().set_config(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return train.run(cfg, run_dir), run_dir
-    finally:
-        os.chdir(cwd)
+    train(run_arguments(tmp, run_dir, *overrides))
+    return json.loads((run_dir / "metrics.json").read_text()), run_dir
+
+
+@pytest.fixture(scope="session")
+def stage_all(tmp_path_factory) -> Path:
+    """The train CLI's end-to-end smoke run (a subprocess): both stages, csv logger, three heatmaps."""
+    tmp = tmp_path_factory.mktemp("cli")
+    run_dir = tmp / "run_all"
+    command = [
+        sys.executable, "-m", "aand_lightning.train",
+        *run_arguments(tmp, run_dir, "logger=csv", "evaluation.heatmaps=3", "stage=all"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "found in sys.modules" not in result.stderr, result.stderr[-3000:]  # runpy's double import
+    return run_dir
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ GROUPS = [
     "backbone",
     "raa",
     "synthesis",
+    "augment",
     "loss",
     "stage",
     "trainer",

@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
 
-from aand_lightning.artifacts.checkpoint import load_model
+from aand_lightning.artifacts.checkpoint import TrainedModel, load_model
 from aand_lightning.data.io import read_image
-from aand_lightning.predict import PredictError, choose_thresholds, find_images, predict_images, run
+from aand_lightning.inference import Inferencer
+from aand_lightning.predict import PredictError, choose_thresholds, find_images, run
 
 
 def _cfg(ckpt: Path, input_path: Path, output: Path, **kwargs) -> OmegaConf:
@@ -21,6 +23,12 @@ def _cfg(ckpt: Path, input_path: Path, output: Path, **kwargs) -> OmegaConf:
         "device": "cpu", "threshold": "stored", "threshold_images": None, "threshold_percentile": 99,
     }  # fmt: skip
     return OmegaConf.create(base | kwargs)
+
+
+def _outputs(trained: TrainedModel, paths: list[Path]) -> list[tuple[Path, float, np.ndarray]]:
+    """(path, score, map at the model's size) per readable image, from the Inferencer's raw outputs."""
+    inferencer = Inferencer.from_checkpoint(trained)
+    return [(path, float(out.score[0]), out.anomaly_map[0, 0]) for path, _, out in inferencer.outputs(paths)]
 
 
 def test_predict_folder_writes_overlays_masks_and_scores(stage2_checkpoint, demo_root, tmp_path):
@@ -34,6 +42,11 @@ def test_predict_folder_writes_overlays_masks_and_scores(stage2_checkpoint, demo
     assert all(int(r["is_anomalous"]) == (float(r["score"]) > float(r["threshold"])) for r in rows)
     assert len(list((tmp_path / "out" / "overlays").glob("*.png"))) == 25
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 25
+    for row in rows[:3]:  # masks at each image's own size, overlays two panels of it
+        name = "__".join(Path(row["path"]).relative_to(test_dir).with_suffix("").parts) + ".png"
+        height, width = read_image(Path(row["path"])).shape[:2]
+        assert np.asarray(Image.open(tmp_path / "out" / "masks" / name)).shape == (height, width, 3)
+        assert np.asarray(Image.open(tmp_path / "out" / "overlays" / name)).shape == (height, 2 * width, 3)
     with pytest.warns(UserWarning, match="broken.png"):
         run(_cfg(stage2_checkpoint, tmp_path, tmp_path / "out2"))
 
@@ -61,7 +74,7 @@ def test_threshold_modes(stage2_checkpoint, demo_root):
     stored = choose_thresholds(trained, _cfg(stage2_checkpoint, test_dir, "x"))
     assert stored.score == stored.map == pytest.approx(float(trained.model.threshold))
     good = sorted((test_dir / "good").glob("*.png"))
-    good_scores = np.array([s for *_, s in predict_images(trained, good, progress=False)])
+    good_scores = np.array([score for _, score, _ in _outputs(trained, good)])
     percentile = choose_thresholds(
         trained,
         _cfg(
@@ -70,7 +83,7 @@ def test_threshold_modes(stage2_checkpoint, demo_root):
     )
     assert percentile.score == percentile.map == pytest.approx(np.percentile(good_scores, 99))
     paths = find_images(test_dir)
-    scores = np.array([s for *_, s in predict_images(trained, paths, progress=False)])
+    scores = np.array([score for _, score, _ in _outputs(trained, paths)])
     labels = np.array([p.parent.name != "good" for p in paths])
     f1_threshold = choose_thresholds(
         trained,
@@ -114,6 +127,42 @@ def test_bad_inputs_name_the_fix(stage2_checkpoint, tmp_path):
         choose_thresholds(trained, _cfg(stage2_checkpoint, tmp_path, "x"))
 
 
+def test_f1_threshold_gives_the_best_f1_in_the_written_decisions(stage2_checkpoint, demo_root, tmp_path):
+    """The decisions in scores.csv reach the best F1 over all cuts: the image at the cut is anomalous
+    (its threshold, stored in the model's float32 buffer, stays just below that image's score)."""
+    from aand_lightning.metrics.anomaly_metrics import f1_max
+
+    test_dir = demo_root / "brick" / "test"
+    cfg = _cfg(stage2_checkpoint, test_dir, tmp_path / "out", threshold="f1", threshold_images=str(test_dir))
+    rows = list(csv.DictReader(run(cfg).open()))
+    labels = np.array([Path(r["path"]).parent.name != "good" for r in rows])
+    decided = np.array([r["is_anomalous"] == "1" for r in rows])
+    tp = (decided & labels).sum()
+    scores = [score for _, score, _ in _outputs(load_model(stage2_checkpoint), find_images(test_dir))]
+    best, _ = f1_max(torch.tensor(scores), torch.from_numpy(labels.astype(np.int64)))
+    assert 2 * tp / (decided.sum() + labels.sum()) == pytest.approx(best, abs=1e-6)  # best: float32
+
+
+def test_f1_threshold_skips_an_unreadable_labelled_image(stage2_checkpoint, demo_root, tmp_path):
+    """One unreadable file among the labelled threshold images is skipped with its label: the F1 threshold
+    is the one of the readable images alone (issue 23: the labels of all files were counted)."""
+    test_dir = demo_root / "brick" / "test"
+    labelled = tmp_path / "labelled"
+    for path in find_images(test_dir):
+        (labelled / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (labelled / path.parent.name / path.name).symlink_to(path)
+    (labelled / "good" / "broken.png").write_bytes(b"not an image")
+    trained = load_model(stage2_checkpoint)
+    with pytest.warns(UserWarning, match="broken.png"):
+        chosen = choose_thresholds(
+            trained, _cfg(stage2_checkpoint, test_dir, "x", threshold="f1", threshold_images=str(labelled))
+        )
+    readable = choose_thresholds(
+        trained, _cfg(stage2_checkpoint, test_dir, "x", threshold="f1", threshold_images=str(test_dir))
+    )
+    assert chosen == readable
+
+
 def _noise_images(folder: Path, count: int) -> Path:
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,16 +178,16 @@ def test_fused_checkpoint_decides_on_the_papers_score_and_masks_on_the_fused_map
     assert model.output == "fused" and not torch.isclose(model.threshold, model.map_threshold)
     rows = list(csv.DictReader(run(_cfg(fused_checkpoint, images, tmp_path / "out")).open()))
     assert len(rows) == 3
-    predicted = {p.name: (amap, score) for p, _, amap, score in predict_images(trained, find_images(images))}
+    predicted = {path.name: (score, amap) for path, score, amap in _outputs(trained, find_images(images))}
     for row in rows:  # the decision: the paper's score against the threshold chosen on it
         assert float(row["threshold"]) == pytest.approx(float(model.threshold), rel=1e-5)
         assert int(row["is_anomalous"]) == (float(row["score"]) > float(row["threshold"]))
-        amap, score = predicted[Path(row["path"]).name]
+        score, amap = predicted[Path(row["path"]).name]
         assert float(row["score"]) == pytest.approx(score, rel=1e-5)
         mask = np.asarray(Image.open(tmp_path / "out" / "masks" / Path(row["path"]).name))[..., 0] > 0
-        np.testing.assert_array_equal(
-            mask, amap > float(model.map_threshold)
-        )  # the mask: the fused map's own
+        own = torch.from_numpy(amap > float(model.map_threshold)).float()[None, None]
+        expected = F.interpolate(own, (80, 80), mode="nearest-exact")[0, 0].numpy() > 0.5
+        np.testing.assert_array_equal(mask, expected)  # the mask: the fused map's own, at the image's size
     with torch.no_grad():
         paper = model(torch.randn(2, 3, 64, 64), maps=model.map_names())
     assert torch.equal(paper.score, paper.maps["aand"].flatten(1).amax(1))
@@ -147,8 +196,8 @@ def test_fused_checkpoint_decides_on_the_papers_score_and_masks_on_the_fused_map
 def test_fused_checkpoint_chooses_each_threshold_on_its_own_values(fused_checkpoint, tmp_path):
     images = _noise_images(tmp_path / "good", 5)
     trained = load_model(fused_checkpoint)
-    outputs = list(predict_images(trained, find_images(images), progress=False))
-    scores, peaks = np.array([s for *_, s in outputs]), np.array([amap.max() for *_, amap, _ in outputs])
+    outputs = _outputs(trained, find_images(images))
+    scores, peaks = np.array([s for _, s, _ in outputs]), np.array([amap.max() for *_, amap in outputs])
     assert not np.allclose(scores, peaks)
     chosen = choose_thresholds(
         trained,
@@ -166,7 +215,9 @@ PREPROCESSING = (
 )  # fmt: skip
 
 
-def test_train_predict_and_export_use_the_one_preprocessing(train_in_process, cli_arguments, tmp_path):
+def test_train_predict_and_export_use_the_one_preprocessing(
+    train_in_process, cli_arguments, cli_in_process, tmp_path
+):
     """The training config's `preprocessing` is what the datamodule feeds, what the checkpoint stores,
     what the export sidecar says and what predict feeds the model, bit for bit."""
     from hydra import compose, initialize_config_dir
@@ -175,7 +226,6 @@ def test_train_predict_and_export_use_the_one_preprocessing(train_in_process, cl
 
     from aand_lightning.config import config_dir
     from aand_lightning.data.preprocessing import Preprocessing
-    from aand_lightning.export import _export
 
     overrides = ("stage=distill", "raa=off", *PREPROCESSING)
     _, run_dir = train_in_process("run", *overrides)
@@ -194,10 +244,10 @@ def test_train_predict_and_export_use_the_one_preprocessing(train_in_process, cl
     trained = load_model(ckpt)
     assert trained.preprocessing == configured
 
-    output = tmp_path / "model.pt"
-    _export(OmegaConf.create({"ckpt": str(ckpt), "format": "torchscript", "output": str(output),
-                              "opset": 17, "verify": False, "tolerance": 1e-4}))  # fmt: skip
-    sidecar = json.loads(output.with_name("model.pt.json").read_text())["preprocessing"]
+    output = tmp_path / "model.onnx"
+    exported = cli_in_process("export", f"ckpt={ckpt}", f"output={output}", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    sidecar = json.loads(output.with_name("model.onnx.json").read_text())["preprocessing"]
     assert sidecar == {"image_size": [64, 96], "interpolation": "cv2_cubic", "mean": [0.5, 0.4, 0.3],
                        "std": [0.2, 0.25, 0.3]}  # fmt: skip
     assert Preprocessing.from_dict(sidecar) == configured
@@ -208,11 +258,11 @@ def test_train_predict_and_export_use_the_one_preprocessing(train_in_process, cl
     fed = []
     hook = trained.model.register_forward_pre_hook(lambda _, args: fed.append(args[0].clone()))
     try:
-        (path, image, amap, _), *rest = predict_images(trained, [sample.image], progress=False)
+        (prediction,) = Inferencer.from_checkpoint(trained).predict(sample.image)
     finally:
         hook.remove()
-    assert not rest and path == sample.image and len(fed) == 1
-    assert image.shape == (64, 96, 3) and amap.shape == (64, 96)
+    assert prediction.path == sample.image and len(fed) == 1
+    assert prediction.anomaly_map.shape == read_image(sample.image).shape[:2]
     assert fed[0].shape == (1, 3, 64, 96) and torch.equal(fed[0][0], item.image)
     # the check tells them apart: the defaults (PIL bicubic, ImageNet statistics) give another tensor
     _, default_input = Preprocessing((64, 96))(read_image(sample.image))

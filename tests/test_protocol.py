@@ -51,7 +51,7 @@ def test_authors_protocol_uses_every_training_image(tmp_path):
     from aand_lightning.config import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        overrides = ["protocol=authors", f"dataset.root={tmp_path / 'demo'}", f"paths.cache_dir={tmp_path}"]
+        overrides = ["protocol=authors", f"dataset.root={tmp_path / 'demo'}", f"paths.root_dir={tmp_path}"]
         cfg = compose("train", overrides=[*overrides, "dataset.image_size=64"])
     assert cfg.datamodule.val_fraction == 0.0 and cfg.datamodule.drop_last is False
     assert cfg.datamodule.validate_on_test is True

@@ -1,27 +1,18 @@
-"""Training end to end on generated demo data: once through the real CLI (a subprocess), the other
-cases in-process on the same composed config (`train_at`), which is what the CLI runs."""
+"""Training end to end on generated demo data: once through the real CLI (a subprocess, the `stage_all`
+fixture), the other cases in-process through the Python call `aand_lightning.train` (`train_at`), which
+composes the config the CLI runs."""
 
+import importlib
 import json
 import logging
-import subprocess
-import sys
-from pathlib import Path
+from importlib.metadata import entry_points
 
 import pytest
+from omegaconf import OmegaConf
 
+import aand_lightning
 from aand_lightning.artifacts.amplifier import AmplifierError, load_amplifier
-
-
-@pytest.fixture(scope="module")
-def stage_all(tmp_path_factory, cli_arguments) -> Path:
-    """The train CLI's end-to-end smoke run (a subprocess): both stages, csv logger, three heatmaps."""
-    tmp = tmp_path_factory.mktemp("cli")
-    run_dir = tmp / "run_all"
-    arguments = cli_arguments(tmp, run_dir, "logger=csv", "evaluation.heatmaps=3", "stage=all")
-    command = [sys.executable, "-m", "aand_lightning.train", *arguments]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+from aand_lightning.errors import UserError
 
 
 def test_stage_all_writes_metrics_amplifier_checkpoints_and_heatmaps(stage_all):
@@ -77,6 +68,8 @@ def test_rd_baseline_with_the_authors_protocol_is_labelled(stage_all, train_at):
 def test_distill_without_amplifier_names_the_fix(stage_all, train_at):
     with pytest.raises(AmplifierError, match="pass amplifier="):
         train_at(stage_all.parent, "run_missing", "stage=distill", "amplifier_cache=null")
+    failed = json.loads((stage_all.parent / "run_missing" / "failed.json").read_text())
+    assert failed["stage"] == "distill" and failed["error"].startswith("Stage 2 needs a stage-1 amplifier")
 
 
 def test_teacher_is_rebuilt_from_its_amplifier_settings_and_a_disagreeing_config_is_refused(
@@ -156,3 +149,59 @@ def test_a_callback_added_from_the_command_line_runs(train_in_process):
     header = next((run_dir / "distill" / "csv").rglob("metrics.csv")).read_text().splitlines()[0]
     assert "lr-Adam" in header
     assert list((run_dir / "distill" / "heatmaps").glob("*.png"))  # the default callbacks still run
+
+
+def test_train_from_python_returns_each_stages_metrics_and_needs_no_directory_change(
+    stage_all, smoke, tmp_path, monkeypatch
+):
+    """`aand_lightning.train(overrides)`: relative paths are the working directory's, as on the command
+    line, whatever it is; the run dir holds the metrics.json and the saved config the CLI writes."""
+    monkeypatch.chdir(tmp_path)
+    data = [f"dataset.root={stage_all.parent / 'demo'}", f"paths.cache_dir={stage_all.parent / 'cache'}"]
+    metrics = aand_lightning.train([*smoke, *data, "hydra.run.dir=runs/python", *EVALUATION_ONLY])
+    run_dir = tmp_path / "runs" / "python"
+    (record,) = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics == {"distill": record["metrics"]} and 0.0 <= metrics["distill"]["image_auroc"] <= 1.0
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").stage.name == "distill"
+    assert aand_lightning.train is importlib.import_module("aand_lightning.train")  # one name, both uses
+
+
+def test_a_mistake_in_the_python_call_raises_its_user_error(stage_all, smoke, tmp_path, monkeypatch):
+    """No exit from a Python call: a user mistake is raised as the UserError naming the fix, also when
+    Hydra's composition or `instantiate` met it; a failed run leaves failed.json."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="Could not find 'dataset/nope'"):
+        aand_lightning.train(["dataset=nope"])
+    with pytest.raises(UserError, match="a Python call runs one job"):
+        aand_lightning.train(["hparams_search=distill_optuna"])
+    data = [f"dataset.root={stage_all.parent / 'demo'}", f"paths.cache_dir={stage_all.parent / 'cache'}"]
+    with pytest.raises(UserError, match="Unknown interpolation 'foo'"):
+        aand_lightning.train([*smoke, *data, "hydra.run.dir=bad", "preprocessing.interpolation=foo"])
+    assert json.loads((tmp_path / "bad" / "failed.json").read_text())["error"].startswith(
+        "Unknown interpolation"
+    )
+
+
+def test_hparams_search_runs_optuna_trials_on_the_returned_metric(stage_all, smoke, tmp_path, cli_in_process):
+    """hparams_search=distill_optuna, two trials: each job returns its `optimized_metric`
+    (distill/image_auroc), and Optuna's best value is the best trial's."""
+    sweep = tmp_path / "sweep"
+    result = cli_in_process(
+        "train", *smoke, f"dataset.root={stage_all.parent / 'demo'}", f"paths.cache_dir={tmp_path / 'cache'}",
+        "stage=distill", "raa=off", "hparams_search=distill_optuna", "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = [json.loads(path.read_text()) for path in sorted(sweep.rglob("trial*/distill/metrics.json"))]
+    assert len(trials) == 2
+    found = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert found.best_value == max(trial["metrics"]["image_auroc"] for trial in trials)
+    assert set(found.best_params) == {"distill.optimizer.lr", "loss.k_hard", "anomaly_map.sigma"}
+    assert (sweep / "summary.md").is_file()
+
+
+def test_every_entry_point_is_a_console_script():
+    scripts = {script.name: script for script in entry_points(group="console_scripts")}
+    for entry in ("train", "eval", "predict", "export"):
+        assert scripts[f"aand-{entry}"].value == f"aand_lightning.{entry}:main"
+        assert scripts[f"aand-{entry}"].load() is importlib.import_module(f"aand_lightning.{entry}").main

@@ -1,18 +1,18 @@
 """`python -m aand_lightning.predict ckpt=<stage-2 checkpoint> input=<image or folder> output=<folder>`.
 
-For every image: a heatmap overlay, a binary mask and a row of `scores.csv` (path, score, threshold,
-is_anomalous). Two thresholds, chosen by the same rule: the decision on the image score (score > t)
-and the mask on the map (map > t_map). The paper's image score is the maximum of its smoothed map, so
-for it t_map = t and an image is anomalous exactly when its mask is not empty. The fused map
-(`anomaly_map.fusion`) keeps the paper's score, so its masks have their own threshold.
+A loop over `Inferencer` (inference.py): for every image, a heatmap overlay and a binary mask at the
+image's own size, and a row of `scores.csv` (path, score, threshold, is_anomalous). Two thresholds,
+chosen by the same rule: the decision on the image score (score > t) and the mask on the map
+(map > t_map). The paper's image score is the maximum of its smoothed map, so for it t_map = t and
+an image is anomalous exactly when its mask is not empty (at the model's size, and at any larger one,
+since masks are enlarged by nearest neighbour). The fused map (`anomaly_map.fusion`) keeps the
+paper's score, so its masks have their own threshold.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import warnings
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,69 +20,17 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from aand_lightning.artifacts.checkpoint import TrainedModel, load_model
 from aand_lightning.config import config_dir
-from aand_lightning.data.io import GOOD, CorruptImageError, list_images, read_image
-from aand_lightning.errors import UserError
+from aand_lightning.data.io import GOOD
+from aand_lightning.inference import Inferencer, PredictError, TorchBackend, find_images
 from aand_lightning.metrics.anomaly_metrics import f1_max
+from aand_lightning.models.deployed import DeployedModel
 from aand_lightning.reporting.failures import user_errors
 from aand_lightning.reporting.visualization import heatmap_overlay, write_png
 
-
-class PredictError(UserError):
-    """Bad predict input; the message names the fix."""
-
-
-def find_images(path: str | Path) -> list[Path]:
-    """One image, or every image below a folder (sorted, recursive, hidden files skipped)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise PredictError(f"Input {path} does not exist; pass input=<an image or a folder of images>.")
-    images = list_images(path, recursive=True)
-    if not images:
-        raise PredictError(f"Folder {path} holds no images; pass input=<a folder with png/jpg images>.")
-    return images
-
-
-def _batches(paths: Sequence[Path], size: int) -> Iterator[list[Path]]:
-    for start in range(0, len(paths), size):
-        yield list(paths[start : start + size])
-
-
-def predict_images(
-    trained: TrainedModel,
-    paths: Sequence[Path],
-    batch_size: int = 8,
-    device: str = "cpu",
-    progress: bool = True,
-) -> Iterator[tuple[Path, np.ndarray, np.ndarray, float]]:
-    """Yield (path, resized uint8 image, map HxW, score) per readable image; unreadable ones are skipped."""
-    model = trained.model.to(device)
-    with tqdm(total=len(paths), disable=not progress, desc="predict", unit="img") as bar:
-        for batch in _batches(paths, batch_size):
-            images, inputs, kept = [], [], []
-            for path in batch:
-                try:
-                    image, tensor = trained.preprocessing(read_image(path))
-                except CorruptImageError as error:
-                    warnings.warn(f"Skipping {path}: {error}", stacklevel=2)
-                    continue
-                images.append(image)
-                inputs.append(tensor)
-                kept.append(path)
-            bar.update(len(batch))
-            if not kept:
-                continue
-            with torch.no_grad():
-                out = model(torch.stack(inputs).to(device))
-            for path, image, amap, score in zip(
-                kept, images, out.map[:, 0].cpu().numpy(), out.score.cpu().tolist(), strict=True
-            ):
-                yield path, image, amap, score
+__all__ = ["PredictError", "Thresholds", "choose_thresholds", "find_images", "run"]
 
 
 class Thresholds(NamedTuple):
@@ -92,18 +40,22 @@ class Thresholds(NamedTuple):
     map: float
 
 
-def _scores_and_peaks(
-    trained: TrainedModel, paths: Sequence[Path], batch_size: int, device: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """The image scores and the map maxima of the images (equal unless the map is the fused one)."""
+def _values(
+    trained: TrainedModel, paths: list[Path], batch_size: int, device: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image scores, the map maxima (at the model's size; equal to the scores unless the map is the
+    fused one) and the labels (1 unless in a good/ folder) of the readable images of `paths`."""
+    deployed = DeployedModel(trained.model, trained.preprocessing.mean, trained.preprocessing.std)
+    backend = TorchBackend(deployed, device)  # the thresholds are still to be chosen: outputs only
+    inferencer = Inferencer(backend, trained.preprocessing, math.nan, math.nan, batch_size)
     rows = [
-        (score, amap.max())
-        for *_, amap, score in predict_images(trained, paths, batch_size, device, progress=False)
+        (float(out.score[0]), float(out.anomaly_map.max()), int(path.parent.name != GOOD))
+        for path, _, out in inferencer.outputs(paths)
     ]
     if not rows:
         raise PredictError("None of the threshold_images could be read; pass a folder of readable images.")
-    scores, peaks = np.array(rows).T
-    return scores, peaks
+    scores, peaks, labels = zip(*rows, strict=True)
+    return np.array(scores), np.array(peaks), np.array(labels)
 
 
 def choose_thresholds(trained: TrainedModel, cfg: DictConfig) -> Thresholds:
@@ -125,18 +77,17 @@ def choose_thresholds(trained: TrainedModel, cfg: DictConfig) -> Thresholds:
     if not cfg.threshold_images:
         kind = "normal" if mode == "percentile" else "labelled"
         raise PredictError(f"threshold={mode} needs threshold_images=<folder> of {kind} images.")
-    paths = find_images(cfg.threshold_images)
-    values = _scores_and_peaks(trained, paths, cfg.batch_size, cfg.device)
+    *values, labels = _values(trained, find_images(cfg.threshold_images), cfg.batch_size, cfg.device)
     if mode == "percentile":
         return Thresholds(*(float(np.percentile(v, cfg.threshold_percentile)) for v in values))
-    labels = np.array([0 if p.parent.name == GOOD else 1 for p in paths])
     if labels.min() == labels.max():
         raise PredictError(
             "threshold=f1 needs a labelled folder with a good/ subfolder and defect subfolders."
         )
-    # the F1 cut t predicts value >= t; our decision is value > threshold: step just below t
-    cuts = (f1_max(torch.from_numpy(v), torch.from_numpy(labels))[1] for v in values)
-    return Thresholds(*(float(np.nextafter(cut, -np.inf)) for cut in cuts))
+    # the F1 cut t (a score: float32) predicts value >= t; our decision is value > threshold, in the
+    # model's float32 buffers: step to the float32 just below t
+    cuts = (np.float32(f1_max(torch.from_numpy(v), torch.from_numpy(labels))[1]) for v in values)
+    return Thresholds(*(float(np.nextafter(cut, np.float32(-np.inf))) for cut in cuts))
 
 
 def run(cfg: DictConfig) -> Path:
@@ -144,27 +95,29 @@ def run(cfg: DictConfig) -> Path:
     trained = load_model(cfg.ckpt)
     paths = find_images(cfg.input)
     thresholds = choose_thresholds(trained, cfg)
+    inferencer = Inferencer.from_checkpoint(trained, *thresholds, cfg.device, cfg.batch_size)
     output = Path(cfg.output)
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     (output / "masks").mkdir(parents=True, exist_ok=True)
     root = Path(cfg.input) if Path(cfg.input).is_dir() else Path(cfg.input).parent
+    predicted = 0
     with open(output / "scores.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("path", "score", "threshold", "is_anomalous"))
-        for path, image, amap, score in predict_images(trained, paths, cfg.batch_size, cfg.device):
-            name = "__".join(path.relative_to(root).with_suffix("").parts)
-            mask = amap > thresholds.map
-            overlay = heatmap_overlay(image, amap, (0.0, 2 * thresholds.map), mask, score)
+        for p in inferencer.predictions(paths, progress=True):
+            predicted += 1
+            name = "__".join(p.path.relative_to(root).with_suffix("").parts)
+            overlay = heatmap_overlay(p.image, p.anomaly_map, (0.0, 2 * thresholds.map), p.mask, p.score)
             write_png(output / "overlays" / f"{name}.png", overlay)
             write_png(
-                output / "masks" / f"{name}.png", np.repeat((mask * 255).astype(np.uint8)[..., None], 3, 2)
+                output / "masks" / f"{name}.png", np.repeat((p.mask * 255).astype(np.uint8)[..., None], 3, 2)
             )
-            writer.writerow(
-                (str(path), f"{score:.6f}", f"{thresholds.score:.6f}", int(score > thresholds.score))
-            )
+            writer.writerow((str(p.path), f"{p.score:.6f}", f"{thresholds.score:.6f}", int(p.is_anomalous)))
     masks = "" if thresholds.map == thresholds.score else f" (masks: map > {thresholds.map:.6f})"
+    skipped = f" ({len(paths) - predicted} unreadable, skipped)" if predicted < len(paths) else ""
     print(
-        f"Predicted {len(paths)} images with threshold {thresholds.score:.6f}{masks}: {output / 'scores.csv'}"
+        f"Predicted {predicted} images{skipped} with threshold {thresholds.score:.6f}{masks}: "
+        f"{output / 'scores.csv'}"
     )
     return output / "scores.csv"
 

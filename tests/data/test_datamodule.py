@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytest
 import skimage.data
@@ -18,6 +19,7 @@ from aand_lightning.data.synthesis.foreground import ForegroundRule, foreground_
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
 from aand_lightning.data.transforms import denormalize, resize
 from aand_lightning.data.visa import VisA
+from aand_lightning.errors import UserError
 
 
 def _datamodule(source, image_size=(24, 40), interpolation="pil_bicubic", **kwargs) -> AnomalyDataModule:
@@ -139,3 +141,116 @@ def test_train_sampler_is_seeded_per_epoch(mvtec_root):
     again = dm.train_dataloader().sampler
     again.set_epoch(4)
     assert list(again) == first  # a resumed run sees the same order
+
+
+def _epoch(dm: AnomalyDataModule, epoch: int) -> list:
+    """The train loader's batches of one epoch, as Lightning would draw them."""
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    return list(loader)
+
+
+def _assert_same_batches(first: list, second: list) -> None:
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask) and a.path == b.path
+
+
+def test_synthetic_anomalies_are_the_same_after_a_resume_and_in_loader_workers(mvtec_root):
+    """A sample's anomaly, texture augmentation included, is a function of (seed, epoch, index) only:
+    the same twice, in a fresh datamodule as a resumed run builds it, in worker processes."""
+    source = MVTecAD(mvtec_root, "bottle")
+    dm = _datamodule(source, image_size=32, val_fraction=0.0, batch_size=1)
+    dm.synthetic_train = True
+    first = _epoch(dm, 3)
+    assert any(batch.mask.any() for batch in first)
+    _assert_same_batches(first, _epoch(dm, 3))
+    resumed = _datamodule(source, image_size=32, val_fraction=0.0, batch_size=1, num_workers=2)
+    resumed.synthetic_train = True
+    _assert_same_batches(first, _epoch(resumed, 3))
+    later = _epoch(dm, 4)
+    assert any(not torch.equal(a.image, b.image) for a, b in zip(first, later, strict=True))
+
+
+FLIP = A.Compose([A.HorizontalFlip(p=1.0)])
+
+
+def test_augment_changes_the_training_images_only(mvtec_root):
+    """`augment` reaches the train split of both stages; validation, calibration and test stay as read."""
+    source = MVTecAD(mvtec_root, "bottle")
+    plain, flipped = _datamodule(source), _datamodule(source, augment=FLIP)
+    train, train_plain = flipped.train_dataloader().dataset, plain.train_dataloader().dataset
+    assert not train.reusable and train_plain.reusable
+    item = train[(2, 0)]
+    assert torch.equal(item.image, train_plain[(2, 0)].image.flip(-1)) and item.sample_id is None
+    for loader, loader_plain in [
+        (flipped.val_dataloader(), plain.val_dataloader()),
+        (flipped.normal_images("train"), plain.normal_images("train")),
+        (flipped.test_dataloader(), plain.test_dataloader()),
+    ]:
+        for a, b in zip(loader, loader_plain, strict=True):
+            assert torch.equal(a.image, b.image) and torch.equal(a.mask, b.mask)
+    assert next(iter(flipped.val_dataloader())).sample_id.tolist() == [len(flipped.splits.train)]  # cached
+
+
+def test_augment_moves_the_foreground_with_the_image_before_synthesis(tmp_path, write_png):
+    photo = skimage.data.coffee()[::4, ::4][:96, :128].copy()
+    path = write_png(tmp_path / "train" / "000.png", photo)
+    rule = ForegroundRule("threshold", threshold=100)
+    made = {
+        name: AnomalyDataset(
+            [Sample(path, 0)], Preprocessing((24, 32)), "synthetic",
+            AnomalySynthesizer(clean_probability=0.0), rule, augment=augment,
+        )[(1, 0)]
+        for name, augment in [("plain", None), ("flipped", FLIP)]
+    }  # fmt: skip
+    foreground = made["flipped"].foreground
+    assert not torch.equal(foreground, foreground.flip(-1))  # the photo's foreground is not symmetric
+    assert torch.equal(foreground, made["plain"].foreground.flip(-1))
+    assert made["flipped"].mask.any() and not (made["flipped"].mask * (1 - foreground)).any()
+
+
+def test_augment_is_seeded_per_sample_and_epoch(mvtec_root):
+    source = MVTecAD(mvtec_root, "bottle")
+    flips = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+    dm = _datamodule(source, val_fraction=0.0, batch_size=1, augment=flips)
+    epochs = [_epoch(dm, epoch) for epoch in range(4)]
+    resumed = _datamodule(source, val_fraction=0.0, batch_size=1, augment=flips)
+    _assert_same_batches(epochs[2], _epoch(resumed, 2))
+    images = {(b.path[0], e): b.image for e, batches in enumerate(epochs) for b in batches}
+    path = epochs[0][0].path[0]
+    assert any(not torch.equal(images[path, 0], images[path, e]) for e in range(1, 4))
+
+
+def test_augment_that_changes_the_size_names_the_fix(mvtec_root):
+    dm = _datamodule(MVTecAD(mvtec_root, "bottle"), augment=A.Compose([A.Resize(8, 8)]))
+    with pytest.raises(UserError, match="use albumentations ops that keep the size") as caught:
+        dm.train_dataloader().dataset[0]
+    assert str(caught.value).startswith("augment turned a (24, 40, 3) uint8 training image into a (8, 8, 3)")
+
+
+def _config(tmp_path, mvtec_root, *overrides):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=[
+            "dataset=mvtec", f"dataset.root={mvtec_root}", "dataset.image_size=[24,40]",
+            f"paths.root_dir={tmp_path}", *overrides,
+        ])  # fmt: skip
+
+
+def test_augment_group_reaches_the_train_images(mvtec_root, tmp_path):
+    """augment=none (the default) leaves every image as read; augment=flips is albumentations' flips."""
+    default = instantiate(_config(tmp_path, mvtec_root).datamodule)
+    default.setup()
+    assert isinstance(default.augment, A.Compose) and default.augment.transforms == []
+    assert default.train_dataloader().dataset.reusable  # an empty composition is no augmentation
+    flips = instantiate(_config(tmp_path, mvtec_root, "augment=flips").datamodule)
+    flips.setup()
+    assert [type(op) for op in flips.augment.transforms] == [A.HorizontalFlip, A.VerticalFlip]
+    assert not flips.train_dataloader().dataset.reusable
+
+
+@pytest.mark.parametrize("experiment", ["paper_mvtec", "paper_visa", "paper_mvtec3d", "demo", "quick"])
+def test_recipes_augment_no_training_image(experiment, mvtec_root, tmp_path):
+    """The authors augment no training image; their recipes (and the demo) keep it so."""
+    cfg = _config(tmp_path, mvtec_root, f"experiment={experiment}")
+    assert cfg.augment == {"_target_": "albumentations.Compose", "transforms": []}

@@ -448,7 +448,7 @@ def test_dtd_textures_are_fetched_on_first_use_and_read_from_images(
 
     assert source.description == f"dtd ({data_dir / 'dtd' / 'images'}, 2 images)"
     texture = source.sample(np.random.default_rng(0), 16, 24)
-    assert texture.shape == (16, 24, 3) and texture.dtype == np.float32
+    assert texture.shape == (16, 24, 3) and texture.dtype == np.uint8
     image, mask = synthesizer(
         np.zeros((16, 24, 3), np.float32), np.ones((16, 24), bool), np.random.default_rng(1)
     )

@@ -59,9 +59,29 @@ def test_missing_test_dir(folder_root, tmp_path):
         ImageFolder(folder_root / "train", tmp_path / "nowhere").splits()
 
 
-def test_anomalies_without_mask_dir(folder_root, one_sentence):
-    with pytest.raises(DatasetError, match=r"set dataset\.mask_dir") as caught:
-        ImageFolder(folder_root / "train", folder_root / "test").splits()
+def test_anomalies_without_mask_dir_have_unknown_masks(folder_root):
+    """Image labels only: every anomalous image is kept, its mask unknown (image metrics only)."""
+    test = ImageFolder(folder_root / "train", folder_root / "test").splits().test
+    assert [(s.image.name, s.label, s.mask, s.mask_known) for s in test] == [
+        ("d1.png", 1, None, False),
+        ("ok.png", 0, None, True),
+        ("a.png", 1, None, False),
+        ("a_b.png", 1, None, False),
+    ]
+
+
+def test_masks_for_only_some_anomalies(folder_root):
+    (folder_root / "masks" / "d1.png").unlink()
+    test = {s.image.name: s for s in _reader(folder_root).splits().test}
+    assert test["d1.png"].mask is None and not test["d1.png"].mask_known
+    assert test["a.png"].mask == folder_root / "masks" / "scratch" / "a_mask.png" and test["a.png"].mask_known
+    assert test["ok.png"].mask_known  # a normal image's mask is known: all zero
+
+
+def test_missing_mask_dir_names_the_fix(folder_root, tmp_path, one_sentence):
+    """A mistyped mask_dir is an error, not a silent run without masks."""
+    with pytest.raises(DatasetError, match=r"dataset\.mask_dir=") as caught:
+        ImageFolder(folder_root / "train", folder_root / "test", tmp_path / "nowhere").splits()
     one_sentence(str(caught.value))
 
 

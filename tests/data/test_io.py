@@ -226,6 +226,35 @@ def test_check_samples_warns_per_anomalous_image_with_empty_mask(tmp_path, write
         assert str(mask) in message and "empty" in message
 
 
+@pytest.mark.parametrize(
+    ("masked", "note"),
+    [
+        (0, "None of the 3 anomalous test images has a mask"),
+        (1, "2 of the 3 anomalous test images have no mask"),
+    ],
+)
+def test_check_samples_notes_anomalous_images_without_mask_in_one_line(
+    tmp_path, write_png, noise, masked, note
+):
+    """Anomalous images without a mask are kept (image metrics), with one line on the pixel metrics."""
+    image = write_png(tmp_path / "img.png", noise)
+    mask = write_png(tmp_path / "img_mask.png", noise[..., 0])
+    samples = [Sample(image, 0), *(Sample(image, 1, "dent", mask if i < masked else None) for i in range(3))]
+    with pytest.warns(UserWarning) as records:
+        assert check_samples(samples) == samples
+    messages = [str(record.message) for record in records]
+    assert len(messages) == 1 and messages[0].startswith(note), messages
+    assert "\n" not in messages[0] and str(image) in messages[0]
+
+
+def test_check_samples_has_no_note_when_every_mask_is_known(tmp_path, write_png, noise):
+    image = write_png(tmp_path / "img.png", noise)
+    samples = [Sample(image, 0), Sample(image, 1, "dent", write_png(tmp_path / "m.png", noise[..., 0]))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_samples(samples) == samples
+
+
 def _palette(path: Path) -> Path:
     img = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), mode="P")
     img.putpalette([10, 20, 30, 200, 150, 100] + [0] * 762)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import rankdata
 
-from aand_lightning.metrics import AnomalyMetrics
+from aand_lightning.metrics import AnomalyMetrics, PixelCoverage
 from aand_lightning.metrics.aupro import aupro, per_image_pro
 
 IMAGE_KEYS = {"image_auroc", "image_f1_max"}
@@ -114,3 +118,90 @@ def test_inconsistent_pixel_data_raises() -> None:
     metric.update(scores, labels)
     with pytest.raises(ValueError, match="every update"):
         metric.compute()
+
+
+def test_pixel_metrics_leave_out_images_whose_mask_is_unknown() -> None:
+    """Mixed case: image metrics over every image, pixel metrics over the images with known masks only
+    (an unknown mask is stored as all zero, which would count its defect as normal pixels)."""
+    maps, masks, labels, scores = pixel_test_set(6, images=8)
+    known = torch.tensor([True, True, True, False, True, False, True, True])
+    unknown_masks = masks.clone()
+    unknown_masks[~known] = False  # what the dataset gives for an anomalous image without a mask file
+    metric, subset = AnomalyMetrics(), AnomalyMetrics()
+    metric.update(scores[:5], labels[:5], maps[:5], unknown_masks[:5], known[:5])
+    metric.update(scores[5:], labels[5:], maps[5:], unknown_masks[5:], known[5:])
+    subset.update(scores[known], labels[known], maps[known], masks[known])
+    result, expected = metric.compute(), subset.compute()
+    image_only = AnomalyMetrics()
+    image_only.update(scores, labels)
+    assert result["image_auroc"] == image_only.compute()["image_auroc"]
+    for key in PIXEL_KEYS:
+        assert result[key].item() == expected[key].item(), key
+    assert metric.coverage() == PixelCoverage(
+        images=8, pixel_images=6, anomalous_images=6, anomalous_with_mask=4
+    )
+    assert metric.coverage().note == (
+        "Pixel metrics cover the 6 of 8 test images whose masks are known: 2 of the 6 anomalous images "
+        "have no mask."
+    )
+
+
+def test_no_anomalous_mask_gives_image_metrics_only_and_says_why() -> None:
+    maps, masks, labels, scores = pixel_test_set(7)
+    known = labels == 0
+    metric = AnomalyMetrics()
+    metric.update(scores, labels, maps, torch.zeros_like(masks), known)
+    result = metric.compute()
+    assert set(result) == IMAGE_KEYS and 0.0 <= result["image_auroc"].item() <= 1.0
+    coverage = metric.coverage()
+    assert not coverage.available and coverage.record() == {
+        "images": 6,
+        "pixel_images": 2,
+        "anomalous_images": 4,
+        "anomalous_with_mask": 0,
+        "note": "Pixel metrics are not available: none of the 4 anomalous test images has a mask.",
+    }
+
+
+def test_every_mask_known_is_the_default_digit_for_digit() -> None:
+    maps, masks, labels, scores = pixel_test_set(8)
+    default, flagged = AnomalyMetrics(), AnomalyMetrics()
+    default.update(scores, labels, maps, masks)
+    flagged.update(scores, labels, maps, masks, torch.ones(len(scores), dtype=torch.bool))
+    assert {k: v.item() for k, v in default.compute().items()} == {
+        k: v.item() for k, v in flagged.compute().items()
+    }
+    assert default.coverage().complete and default.coverage().note is None
+
+
+def test_no_coverage_without_maps() -> None:
+    _, _, labels, scores = pixel_test_set(9)
+    metric = AnomalyMetrics()
+    metric.update(scores, labels)
+    assert metric.coverage() is None
+
+
+def _mixed_test_set() -> tuple[torch.Tensor, ...]:
+    """update()'s arguments: scores, labels, maps, masks as the dataset gives them (an unknown one all
+    zero) and the known-mask flags."""
+    maps, masks, labels, scores = pixel_test_set(10, images=9)
+    known = torch.tensor([True, True, True, False, True, True, False, True, True])
+    return scores, labels, maps, masks & known[:, None, None], known
+
+
+def test_two_processes_give_the_single_process_metrics_and_coverage(tmp_path) -> None:
+    """DDP (gloo, 2 ranks with uneven shares): the gathered states, known-mask flags included, give
+    exactly the one-process result on every rank."""
+    torch.save(_mixed_test_set(), tmp_path / "inputs.pt")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    script = Path(__file__).with_name("ddp_rank.py")
+    ranks = [subprocess.Popen([sys.executable, script, str(rank), str(port), tmp_path]) for rank in range(2)]
+    assert [rank.wait(timeout=120) for rank in ranks] == [0, 0]
+    single = AnomalyMetrics()
+    single.update(*_mixed_test_set())
+    expected = ({key: value.item() for key, value in single.compute().items()}, single.coverage().record())
+    assert expected[1]["pixel_images"] == 7 and set(expected[0]) == IMAGE_KEYS | PIXEL_KEYS
+    for rank in range(2):
+        assert torch.load(tmp_path / f"{rank}.pt") == expected

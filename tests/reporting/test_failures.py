@@ -9,6 +9,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,10 @@ def test_sweep_survives_a_failing_job_and_reports_it(cli_in_process, tmp_path, s
     group = f"sweep-{sweep_dir.name}".encode()
     job_runs = list(sweep_dir.rglob("run-*.wandb"))
     assert len(job_runs) == 3  # good_line amplify + distill, and the summary
+    # wandb's service process may still be writing the files after `finish()` returns (seen under load)
+    deadline = time.monotonic() + 60
+    while not all(group in run.read_bytes() for run in job_runs) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert all(group in run.read_bytes() for run in job_runs)
     tables = list((sweep_dir / "wandb").rglob("*.table.json"))
     assert tables and "missing_line" in tables[0].read_text()

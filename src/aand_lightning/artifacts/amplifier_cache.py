@@ -25,8 +25,9 @@ from aand_lightning.data.records import Sample
 log = logging.getLogger(__name__)
 
 # Bump when what stage 1 learns changes without a config change (e.g. the data path: 2 = PIL resize,
-# native-resolution foreground, the authors' texture augmenters), so cached amplifiers are not reused.
-STAGE1_CODE_VERSION = 2
+# native-resolution foreground, the authors' texture augmenters; 3 = the texture ops draw from one
+# albumentations state per sample), so cached amplifiers are not reused.
+STAGE1_CODE_VERSION = 3
 
 # Config keys that do not shape what stage 1 learns or reports: stage 2, logging, where outputs go,
 # how a run is resumed; everything else (data, backbone, RAA, synthesis, schedule, seed...) is in the key.
@@ -67,7 +68,7 @@ def _stage1_settings(cfg: DictConfig) -> dict[str, Any]:
     plain["dataset"]["source"] = {k: v for k, v in plain["dataset"]["source"].items() if k != "download"}
     if plain["synthesis"].get("textures") != "dtd":  # where DTD would go matters only when it is used
         plain["synthesis"].pop("dtd_root", None)
-    for copy in ("source", "synthesizer"):  # the datamodule's copies of dataset.source and synthesis
+    for copy in ("source", "synthesizer", "augment"):  # the datamodule's copies of top-level nodes
         plain["datamodule"].pop(copy, None)
     return plain
 

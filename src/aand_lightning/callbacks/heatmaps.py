@@ -1,4 +1,4 @@
-"""Save heatmap overlays of test images (and log them to wandb when that logger is used)."""
+"""Save heatmap overlays of test images (and log them to every logger that takes images)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import WandbLogger
 
 from aand_lightning.data.batch import Batch
+from aand_lightning.reporting.loggers import log_images
 from aand_lightning.reporting.visualization import heatmap_overlay, write_png
 from aand_lightning.stages.base import EvaluationOutput
 
@@ -45,12 +45,12 @@ class HeatmapWriter(Callback):
         all_maps = np.stack([m for _, m, _, _, _ in self._items])
         value_range = (float(all_maps.min()), float(all_maps.max()))
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        panels = []
+        panels, names, captions = [], [], []
         for image, amap, mask, score, name in self._items:
             panel = heatmap_overlay(image, amap, value_range, mask, score)
             write_png(self.output_dir / f"{name}.png", panel)
-            panels.append((panel, f"{name} score={score:.4f}"))
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("test/heatmaps", [p for p, _ in panels], caption=[c for _, c in panels])
+            panels.append(panel)
+            names.append(name)
+            captions.append(f"{name} score={score:.4f}")
+        log_images(trainer.loggers, "test/heatmaps", panels, names, captions, trainer.global_step)
         self._items = []

@@ -1,4 +1,4 @@
-"""Per-category ROC curve and score histogram of the test pass, as PNGs (and wandb images)."""
+"""Per-category ROC curve and score histogram of the test pass, as PNGs and in the image loggers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import WandbLogger
 
 from aand_lightning.data.batch import Batch
 from aand_lightning.metrics.distributed import gather_uneven
+from aand_lightning.reporting.loggers import log_images
 from aand_lightning.reporting.visualization import score_plots, write_png
 from aand_lightning.stages.base import EvaluationOutput
 
@@ -43,6 +43,7 @@ class ScorePlots(Callback):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_png(self.output_dir / "roc.png", roc)
         write_png(self.output_dir / "score_histogram.png", histogram)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("test/score_plots", [roc, histogram], caption=["ROC", "scores"])
+        log_images(
+            trainer.loggers, "test/score_plots", [roc, histogram], ["roc", "score_histogram"],
+            ["ROC", "scores"], trainer.global_step,
+        )  # fmt: skip

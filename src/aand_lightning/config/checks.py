@@ -20,6 +20,7 @@ from aand_lightning.models.anomaly_map import MapName
 from aand_lightning.models.encoder import ENCODER_STRIDES
 from aand_lightning.models.fused_map import parse_weight
 from aand_lightning.models.teacher import require_raa
+from aand_lightning.reporting.loggers import wandb_config
 from aand_lightning.stages.feature_cache import FeatureCacheSettings
 
 # The student's bottleneck halves the deepest (stride-16) level once more, and its decoder doubles
@@ -137,8 +138,9 @@ def check_config(cfg: DictConfig) -> None:
             f"ckpt_path={ckpt} resumes one stage; pass stage=amplify or stage=distill with it, "
             "or ckpt_path=last to continue a stage=all run."
         )
-    if cfg.get("logger") and "Wandb" in str(cfg.logger.get("_target_", "")):
-        check_wandb(bool(cfg.logger.get("offline", False)))
+    wandb = wandb_config(cfg.get("logger"))
+    if wandb is not None:
+        check_wandb(bool(wandb.get("offline", False)))
 
 
 def _netrc_has(host: str) -> bool:

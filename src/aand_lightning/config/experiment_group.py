@@ -3,19 +3,23 @@
 Hydra maps a config group to a sub-folder of a search-path root, so a folder named `experiments` beside
 `conf/` cannot be the group `experiment` by search path alone. `ExperimentsSource` is a config source
 with its own scheme, `aand-experiments://`, that shows one group, `experiment`, whose options are the
-files of that folder: `experiment/<name>` is `<folder>/<name>.yaml`. conf/train.yaml puts it on the
-search path (`hydra.searchpath: [aand-experiments://]`; an empty path means `experiments_dir()`, the
-packaged copy in a wheel, else the checkout's). Importing `aand_lightning.config`, as every entry
-point and the tests do before Hydra composes, registers the scheme.
+files of that folder: `experiment/<name>` is `<folder>/<name>.yaml`. `ExperimentsSearchPath` puts it
+(`aand-experiments://`; an empty path means `experiments_dir()`, the packaged copy in a wheel, else the
+checkout's) on the search path of this package's configs, and of no other Hydra app. It is a plugin,
+not `hydra.searchpath` in train.yaml: Hydra takes that key only from a primary config, and
+conf/eval.yaml includes train.yaml. Importing `aand_lightning.config`, as every entry point and the
+tests do before Hydra composes, registers both.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.object_type import ObjectType
 from hydra.core.plugins import Plugins
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
 GROUP = "experiment"
@@ -85,4 +89,16 @@ class ExperimentsSource(ConfigSource):
         return sorted(set(files))
 
 
+class ExperimentsSearchPath(SearchPathPlugin):
+    """Adds the `experiment` group to the search path when the primary configs are this package's."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        from aand_lightning.config import config_dir  # config imports this module
+
+        ours = config_dir()
+        if any(Path(element.path.removeprefix("file://")) == ours for element in search_path.get_path()):
+            search_path.append(provider="aand-lightning", path=f"{ExperimentsSource.scheme()}://")
+
+
 Plugins.instance().register(ExperimentsSource)
+Plugins.instance().register(ExperimentsSearchPath)

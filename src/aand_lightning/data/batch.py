@@ -18,8 +18,9 @@ from torch.utils.data import default_collate
 class Item:
     """One image: normalised image (3,H,W), mask (1,H,W) in {0, 1}, label (1 = anomalous), defect type
     and file path; `sample_id`, the identity of an item that is the same every epoch (None for the
-    others: synthetic anomalies, test items) and the foreground (1,H,W) the synthetic anomaly was
-    placed in (synthetic mode only)."""
+    others: synthetic anomalies, test items), the foreground (1,H,W) the synthetic anomaly was
+    placed in (synthetic mode only) and whether the mask is known (False for an anomalous test image
+    without a mask file, whose mask is then all zero and must not enter pixel metrics)."""
 
     image: torch.Tensor
     mask: torch.Tensor
@@ -28,13 +29,15 @@ class Item:
     path: str
     sample_id: int | None = None
     foreground: torch.Tensor | None = None
+    mask_known: bool = True
 
 
 @dataclass
 class Batch:
     """Items stacked: image (B,3,H,W), mask (B,1,H,W), label (B,) int64, defects and paths; sample_id
     (B,) int64, turned into a host list by stage 2 before the transfer (its feature cache looks items
-    up without a device sync), and foreground (B,1,H,W), each None when the items lack it."""
+    up without a device sync), and foreground (B,1,H,W), each None when the items lack it; mask_known
+    (B,) bool."""
 
     image: torch.Tensor
     mask: torch.Tensor
@@ -43,6 +46,7 @@ class Batch:
     path: list[str]
     sample_id: torch.Tensor | list[int] | None = None
     foreground: torch.Tensor | None = None
+    mask_known: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.image)

@@ -19,6 +19,7 @@ from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.data.records import DatasetError, Sample, SampleSource, Splits
 from aand_lightning.data.synthesis.foreground import ForegroundCache, select_rule
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
+from aand_lightning.data.transforms import Transform
 
 NormalSplit = Literal["train", "val"]
 
@@ -38,9 +39,11 @@ class AnomalyDataModule(L.LightningDataModule):
     Validation is a held-out fraction of train/good, never the test set, unless `validate_on_test`
     is set to reproduce the authors' protocol (which selects on the test set; label your results).
     `synthetic_train` (set by the entry point for stage 1) puts synthetic anomalies into the train and
-    validation images. Calibration gets its images here too, by name: `normal_images` and
-    `synthetic_anomalies` of a split. The train and validation items of the loaders carry sample ids
-    (train first, then validation) and skip decoding the ids flagged in `skip_image`.
+    validation images. `augment` (albumentations) changes the normal training images of both stages,
+    before synthesis, and no other image. Calibration gets its images here too, by name:
+    `normal_images` and `synthetic_anomalies` of a split. The train and validation items of the
+    loaders carry sample ids (train first, then validation) and skip decoding the ids flagged in
+    `skip_image`.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class AnomalyDataModule(L.LightningDataModule):
         drop_last: bool = True,
         validate_on_test: bool = False,
         synthesizer: AnomalySynthesizer | None = None,
+        augment: Transform | None = None,
         foreground_rules: Mapping | None = None,
         cache_dir: str | Path | None = None,
         on_corrupt: str = "error",
@@ -69,6 +73,7 @@ class AnomalyDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.validate_on_test = validate_on_test
         self.synthesizer = synthesizer
+        self.augment = augment
         self.foreground_rule = select_rule(foreground_rules or {}, source.category)
         self.foreground_cache = ForegroundCache(cache_dir)
         self.on_corrupt = on_corrupt
@@ -110,11 +115,16 @@ class AnomalyDataModule(L.LightningDataModule):
         self.skip_image = torch.zeros(len(train) + len(self.val_samples), dtype=torch.bool).share_memory_()
 
     def dataset(
-        self, samples: Sequence[Sample], mode: Mode, first_id: int = 0, skip_image: torch.Tensor | None = None
+        self,
+        samples: Sequence[Sample],
+        mode: Mode,
+        first_id: int = 0,
+        skip_image: torch.Tensor | None = None,
+        augment: Transform | None = None,
     ) -> AnomalyDataset:
         return AnomalyDataset(
             samples, self.preprocessing, mode, self.synthesizer, self.foreground_rule,
-            self.foreground_cache, self.seed, first_id, skip_image,
+            self.foreground_cache, self.seed, first_id, skip_image, augment,
         )  # fmt: skip
 
     def _split(self, split: NormalSplit) -> tuple[list[Sample], int]:
@@ -125,7 +135,8 @@ class AnomalyDataModule(L.LightningDataModule):
     def _fit_dataset(self, split: NormalSplit) -> AnomalyDataset:
         samples, first_id = self._split(split)
         mode: Mode = "synthetic" if self.synthetic_train else "normal"
-        return self.dataset(samples, mode, first_id, self.skip_image)
+        augment = self.augment if split == "train" else None
+        return self.dataset(samples, mode, first_id, self.skip_image, augment)
 
     def _world(self) -> tuple[int, int]:
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)

@@ -15,6 +15,8 @@ from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.data.records import Sample
 from aand_lightning.data.synthesis.foreground import ForegroundCache, ForegroundRule
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
+from aand_lightning.data.transforms import Transform, is_identity, seeded
+from aand_lightning.errors import UserError
 
 Mode = Literal["normal", "synthetic", "test"]
 
@@ -34,17 +36,20 @@ class AnomalyDataset(Dataset):
     """Items are `Item`s (data/batch.py): image, mask, label, defect, path, sample id, and the foreground
     when synthetic; loaders collate them into `Batch`es.
 
-    mode "normal": the files as they are (stage 2, validation); "test": with ground-truth masks;
+    mode "normal": the files as they are (stage 2, validation); "test": with ground-truth masks (all
+    zero, and `mask_known` False, for an anomalous image without a mask file);
     "synthetic": a DRAEM-style anomaly is pasted inside the foreground (stage 1). The anomaly of an
     item is a pure function of (seed, epoch, index): indexed with `(epoch, index)` (see EpochSampler)
     it changes every epoch yet is identical after resuming a run; a plain index means epoch 0 (a
-    stable validation set).
+    stable validation set). `augment` (albumentations, the training images' `augment` config) changes
+    the resized image, its masks and foreground before any synthesis, seeded the same way.
 
-    In "normal" mode an item is its file resized and normalised and nothing else, the same every
-    epoch: such items carry a `sample_id` (`first_id` + index), by which what was computed from them
-    may be reused. `skip_image` (one flag per sample id, in shared memory so loader workers see it)
-    marks the ids whose image is no longer needed (stage 2's feature cache holds their teacher
-    features): they come without reading the file, with a zero image of the same shape.
+    In "normal" mode without `augment` an item is its file resized and normalised and nothing else,
+    the same every epoch: such items carry a `sample_id` (`first_id` + index), by which what was
+    computed from them may be reused. `skip_image` (one flag per sample id, in shared memory so
+    loader workers see it) marks the ids whose image is no longer needed (stage 2's feature cache
+    holds their teacher features): they come without reading the file, with a zero image of the
+    same shape.
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class AnomalyDataset(Dataset):
         seed: int = 0,
         first_id: int = 0,
         skip_image: torch.Tensor | None = None,
+        augment: Transform | None = None,
     ) -> None:
         if mode == "synthetic" and synthesizer is None:
             raise ValueError("Synthetic-anomaly data needs a synthesizer (the `synthesis` config group).")
@@ -70,12 +76,13 @@ class AnomalyDataset(Dataset):
         self.seed = seed
         self.first_id = first_id
         self.skip_image = skip_image
+        self.augment = None if is_identity(augment) else augment
 
     @property
     def reusable(self) -> bool:
         """Whether an item is the same every epoch and needs nothing but its image (no random
         transform, no synthetic anomaly, no mask file), so what was computed from it may be reused."""
-        return self.mode == "normal"
+        return self.mode == "normal" and self.augment is None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -101,13 +108,15 @@ class AnomalyDataset(Dataset):
             else None
         )
         out = self.preprocessing.resize(image=image, mask=mask.astype(np.uint8))
-        image, mask = out["image"], out["mask"].astype(np.float32)
+        image, mask = out["image"], out["mask"]
+        rng = np.random.default_rng((self.seed, epoch, index))
+        if self.augment is not None:
+            image, mask, foreground = self._augmented(image, mask, foreground, rng)
+        mask = mask.astype(np.float32)
         pixels = image.astype(np.float32) / 255.0
         label, foreground_tensor = sample.label, None
         if foreground is not None:
-            pixels, mask = self.synthesizer(
-                pixels, foreground, np.random.default_rng((self.seed, epoch, index))
-            )
+            pixels, mask = self.synthesizer(pixels, foreground, rng)
             foreground_tensor = torch.from_numpy(foreground.astype(np.float32))[None]
             label = int(mask.any())
         return Item(
@@ -118,4 +127,19 @@ class AnomalyDataset(Dataset):
             path=str(sample.image),
             sample_id=sample_id,
             foreground=foreground_tensor,
+            mask_known=sample.mask_known,
         )
+
+    def _augmented(
+        self, image: np.ndarray, mask: np.ndarray, foreground: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The resized uint8 image, its uint8 mask and bool foreground (if any), augmented together."""
+        masks = [mask] if foreground is None else [mask, foreground.astype(np.uint8)]
+        out = seeded(self.augment, rng)(image=image, masks=masks)
+        if out["image"].shape != image.shape or out["image"].dtype != np.uint8:
+            raise UserError(
+                f"augment turned a {image.shape} uint8 training image into a {out['image'].shape} "
+                f"{out['image'].dtype} one; use albumentations ops that keep the size and the uint8 type."
+            )
+        masks = out["masks"]
+        return out["image"], masks[0], None if foreground is None else masks[1].astype(bool)

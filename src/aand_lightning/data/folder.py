@@ -6,7 +6,8 @@ Layout (the test folder must use subfolders, so no image is ever labelled by gue
   test_dir/<defect>/*.png               anomalous test images, one subfolder per defect type
   mask_dir/<defect>/<stem>[_mask].png   their masks, matched by file stem; mask_dir/<stem>[_mask].png
                                         is searched second
-Without test_dir the test split is empty (training only).
+Without test_dir the test split is empty (training only). Masks are optional: an anomalous image without
+one counts in the image metrics only (its mask is unknown), and without mask_dir none has one.
 """
 
 from __future__ import annotations
@@ -50,4 +51,6 @@ class ImageFolder:
         if self.test_dir is None:
             return []
         fix = "pass dataset.test_dir=/path/to/test (with good/ and <defect>/ subfolders)"
-        return defect_samples(require_dir(self.test_dir, fix), self._mask_folders)
+        if self.mask_dir is not None:  # a mistyped folder would silently leave every mask out
+            require_dir(self.mask_dir, "pass dataset.mask_dir=/path/to/masks, or null when there are none")
+        return defect_samples(require_dir(self.test_dir, fix), self._mask_folders, masks_required=False)

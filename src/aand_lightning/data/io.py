@@ -1,8 +1,8 @@
 """Reading images and masks from disk, and finding them, with errors that say how to fix the data.
 
 Every reader of a dataset layout uses these helpers, so that bad input (a corrupt file, a missing
-mask, a wrong root) fails in the main process with one actionable sentence instead of deep inside a
-dataloader worker.
+mask where the layout has one for every defect, a wrong root) fails in the main process with one
+actionable sentence instead of deep inside a dataloader worker.
 """
 
 from __future__ import annotations
@@ -140,8 +140,29 @@ def _check(sample: Sample) -> _Check:
     return _Check(conversion=_conversion(sample.image), empty_mask=empty_mask)
 
 
+def _note_unmasked(samples: list[Sample]) -> None:
+    """One line when anomalous images have no mask: what the pixel metrics then cover."""
+    anomalous = [sample for sample in samples if sample.label == 1]
+    unmasked = [sample.image for sample in anomalous if not sample.mask_known]
+    if not unmasked:
+        return
+    if len(unmasked) == len(anomalous):
+        note = (
+            f"None of the {len(anomalous)} anomalous test images has a mask (first: {unmasked[0]}), so only "
+            "image metrics are computed; add their masks to get pixel metrics."
+        )
+    else:
+        note = (
+            f"{len(unmasked)} of the {len(anomalous)} anomalous test images have no mask (first: "
+            f"{unmasked[0]}), so pixel metrics cover only the test images whose masks are known."
+        )
+    warnings.warn(note, stacklevel=4)
+
+
 def _warn_data(checked: list[tuple[Sample, _Check]]) -> None:
-    """One warning per anomalous image with an all-zero mask, one for all converted images."""
+    """One warning per anomalous image with an all-zero mask, one for anomalous images without a mask,
+    one for all converted images."""
+    _note_unmasked([sample for sample, _ in checked])
     for sample, check in checked:
         if check.empty_mask:
             warnings.warn(
@@ -163,8 +184,8 @@ def check_samples(samples: list[Sample], on_corrupt: str = "error") -> list[Samp
     """Decode every image and mask once, up front, and keep the readable samples.
 
     on_corrupt="error" raises the first CorruptImageError; "skip" warns once per bad sample. The
-    readable samples are then warned about: anomalous images with empty masks, and images that
-    read_image converts (grayscale, alpha, palette, 16-bit), counted per kind.
+    readable samples are then warned about: anomalous images with empty masks or without masks, and
+    images that read_image converts (grayscale, alpha, palette, 16-bit), counted per kind.
     Decoding runs in threads because Pillow releases the GIL while it decodes.
     """
     if on_corrupt not in ON_CORRUPT:
@@ -244,7 +265,7 @@ def category_dir(root: Path, category: str, known: Sequence[str], dataset: str, 
     return folder
 
 
-def _paired_mask(image: Path, folders: Sequence[Path], indexes: Sequence[dict[str, Path]]) -> Path:
+def _paired_mask(image: Path, indexes: Sequence[dict[str, Path]]) -> Path | None:
     """The mask named after the image (`<stem>_mask.*`, else `<stem>.*`) in the first folder that has one.
 
     Pairing is by name, never by sort order, so a missing or extra mask cannot shift the pairs.
@@ -253,19 +274,30 @@ def _paired_mask(image: Path, folders: Sequence[Path], indexes: Sequence[dict[st
         mask = index.get(f"{image.stem}_mask") or index.get(image.stem)
         if mask is not None:
             return mask
-    places = ", ".join(str(folder) for folder in folders) or "a mask folder (set dataset.mask_dir)"
-    raise DatasetError(
-        f"Anomalous test image {image} has no mask named {image.stem}_mask.png or {image.stem}.png "
-        f"in {places}; add its mask there or remove the image."
-    )
+    return None
+
+
+def _required_mask(image: Path, folders: Sequence[Path], mask: Path | None) -> Path:
+    """A layout whose every defect is drawn (MVTec's): a missing mask means damaged data."""
+    if mask is None:
+        places = ", ".join(str(folder) for folder in folders)
+        raise DatasetError(
+            f"Anomalous test image {image} has no mask named {image.stem}_mask.png or {image.stem}.png "
+            f"in {places}; add its mask there or remove the image."
+        )
+    return mask
 
 
 def defect_samples(
-    test_dir: Path, mask_folders: Callable[[str], Sequence[Path]], image_subdir: str = ""
+    test_dir: Path,
+    mask_folders: Callable[[str], Sequence[Path]],
+    image_subdir: str = "",
+    masks_required: bool = True,
 ) -> list[Sample]:
     """Samples of a `test_dir/<defect>/[image_subdir]/*` layout: "good" is normal, others anomalous.
 
-    mask_folders(defect) names the folders searched, in order, for each anomalous image's mask.
+    mask_folders(defect) names the folders searched, in order, for each anomalous image's mask. An
+    image without one is an error when `masks_required`, else a sample whose mask is unknown.
     """
     loose = list_images(test_dir)
     if loose:
@@ -282,7 +314,10 @@ def defect_samples(
             continue
         folders = mask_folders(defect_dir.name)
         indexes = [{path.stem: path for path in list_images(folder)} for folder in folders]
+        masks = [_paired_mask(image, indexes) for image in images]
+        if masks_required:
+            masks = [_required_mask(image, folders, mask) for image, mask in zip(images, masks, strict=True)]
         samples += [
-            Sample(image, 1, defect_dir.name, _paired_mask(image, folders, indexes)) for image in images
+            Sample(image, 1, defect_dir.name, mask) for image, mask in zip(images, masks, strict=True)
         ]
     return samples

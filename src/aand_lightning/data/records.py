@@ -17,14 +17,20 @@ class DatasetError(UserError):
 class Sample:
     """One image of a dataset.
 
-    label is 0 for normal and 1 for anomalous; mask is None for normal images (an all-zero mask
-    is implied) and must be set for anomalous ones; defect is the defect type ("good" if normal).
+    label is 0 for normal and 1 for anomalous; mask is the ground-truth mask file, None for normal
+    images (an all-zero mask is implied) and for anomalous ones whose defect was not drawn (their
+    mask is unknown); defect is the defect type ("good" if normal).
     """
 
     image: Path
     label: int
     defect: str = "good"
     mask: Path | None = None
+
+    @property
+    def mask_known(self) -> bool:
+        """Whether the pixels' ground truth is known: a mask file, or a normal image (all zero)."""
+        return self.label == 0 or self.mask is not None
 
 
 @dataclass

@@ -1,16 +1,23 @@
-"""Shared preprocessing: bicubic resize (nearest for masks), no crop, ImageNet normalisation."""
+"""Shared preprocessing: bicubic resize (nearest for masks), no crop, ImageNet normalisation; and the
+seeding of albumentations augmentations (training images, synthesis textures) from a sample's seed."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import albumentations as A
 import cv2
 import numpy as np
 import torch
 from PIL import Image
 
 from aand_lightning.errors import UserError
+
+# An albumentations op or composition (Compose, RandomOrder, SomeOf, OneOf...): what the `augment` and
+# `synthesis.texture_augment` configs build.
+Transform = A.BasicTransform | A.BaseCompose
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,3 +93,21 @@ def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     pixels = (images * std_t + mean_t).clamp(0, 1) * 255
     return pixels.round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def seeded(transform: Transform, rng: np.random.Generator) -> Transform:
+    """`transform` with a random state drawn from `rng` (one draw), shared by all its ops.
+
+    albumentations keeps its own random state; setting it from the sample's generator before each
+    call makes what an augmentation does a pure function of the sample's seed, in any loader worker
+    and after a resume. One shared state, not `set_random_seed` (which gives every op of a
+    composition the same seed, so their draws would repeat each other).
+    """
+    seed = int(rng.integers(2**63))
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    return transform
+
+
+def is_identity(transform: Transform | None) -> bool:
+    """Whether `transform` does nothing: None, or a composition of no ops (`conf/augment/none.yaml`)."""
+    return transform is None or (isinstance(transform, A.BaseCompose) and not transform.transforms)

@@ -4,6 +4,6 @@ The PRO functions are imported from `aand_lightning.metrics.aupro`; they are not
 because a function named `aupro` would shadow the module of the same name.
 """
 
-from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics
+from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics, PixelCoverage
 
-__all__ = ["AnomalyMetrics"]
+__all__ = ["AnomalyMetrics", "PixelCoverage"]

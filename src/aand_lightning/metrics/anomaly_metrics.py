@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torchmetrics import Metric
@@ -11,6 +14,62 @@ from torchmetrics.functional.classification import binary_auroc, binary_precisio
 from torchmetrics.utilities import dim_zero_cat
 
 from aand_lightning.metrics.aupro import aupro, per_image_pro
+from aand_lightning.metrics.distributed import gather_uneven
+
+PIXEL_METRICS = ("pixel_auroc", "pixel_f1_max", "aupro", "per_image_pro")
+
+
+@dataclass(frozen=True)
+class PixelCoverage:
+    """Which test images the pixel metrics cover: those whose masks are known (every normal image, and
+    the anomalous images that have a mask). Without any anomalous image with a mask, pixel metrics
+    would score normal pixels only, so they are not computed."""
+
+    images: int
+    pixel_images: int
+    anomalous_images: int
+    anomalous_with_mask: int
+
+    @classmethod
+    def of(cls, labels: torch.Tensor, mask_known: torch.Tensor) -> PixelCoverage:
+        """From the (N,) labels and (N,) bool known-mask flags of a test set."""
+        anomalous = labels == 1
+        return cls(
+            images=len(labels),
+            pixel_images=int(mask_known.sum()),
+            anomalous_images=int(anomalous.sum()),
+            anomalous_with_mask=int((anomalous & mask_known).sum()),
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Every mask is known (every dataset with a mask per defect): pixel metrics cover all images."""
+        return self.pixel_images == self.images
+
+    @property
+    def available(self) -> bool:
+        """Whether pixel metrics are computed: every mask is known, or some anomalous image has one."""
+        return self.complete or self.anomalous_with_mask > 0
+
+    @property
+    def note(self) -> str | None:
+        """One line on what the pixel metrics leave out, and why; None when they cover every image."""
+        if self.complete:
+            return None
+        if not self.available:
+            return (
+                f"Pixel metrics are not available: none of the {self.anomalous_images} anomalous test "
+                "images has a mask."
+            )
+        unmasked = self.anomalous_images - self.anomalous_with_mask
+        return (
+            f"Pixel metrics cover the {self.pixel_images} of {self.images} test images whose masks are "
+            f"known: {unmasked} of the {self.anomalous_images} anomalous images have no mask."
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The counts and the note, as metrics.json stores them."""
+        return {**dataclasses.asdict(self), "note": self.note}
 
 
 class AnomalyMetrics(Metric):
@@ -19,6 +78,7 @@ class AnomalyMetrics(Metric):
     All metrics are exact (every distinct score is a threshold) and computed on the raw scores. States
     are lists concatenated across processes, so the result under DDP equals the single-process one.
     Maps are kept as float32 (the precision they are produced in) and masks as uint8 until compute().
+    Images whose mask is unknown count in the image metrics only (see `PixelCoverage`, `coverage()`).
     """
 
     is_differentiable = False
@@ -29,7 +89,7 @@ class AnomalyMetrics(Metric):
         super().__init__()
         self.fpr_limit = fpr_limit
         self.compute_pixel = compute_pixel
-        for name in ("scores", "labels", "maps", "masks"):
+        for name in ("scores", "labels", "maps", "masks", "mask_known"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(
@@ -38,8 +98,10 @@ class AnomalyMetrics(Metric):
         labels: torch.Tensor,
         maps: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
+        mask_known: torch.Tensor | None = None,
     ) -> None:
-        """Add a batch: (B,) image scores and 0/1 labels, optionally (B, H, W) maps and masks."""
+        """Add a batch: (B,) image scores and 0/1 labels, optionally (B, H, W) maps and masks, and (B,)
+        bool `mask_known`, False where an image's mask is unknown (None: every mask is known)."""
         if (maps is None) != (masks is None):
             raise ValueError("Pass maps and masks together, or neither of them.")
         self.scores.append(scores.detach().flatten().float())
@@ -49,24 +111,40 @@ class AnomalyMetrics(Metric):
             self.maps.append(maps.detach().float())
             # uint8, not bool: every torch.distributed backend can gather it, at the same memory cost.
             self.masks.append((masks.detach() > 0.5).to(torch.uint8))
+            known = torch.ones(len(maps), dtype=torch.uint8, device=maps.device)
+            self.mask_known.append(known if mask_known is None else mask_known.detach().flatten().to(known))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Return the metrics as 0-d float32 tensors; pixel keys only when maps and masks were given."""
+        """Return the metrics as 0-d float32 tensors; pixel keys only when maps and masks were given and
+        `PixelCoverage.available`, computed over the images whose masks are known."""
         scores, labels = dim_zero_cat(self.scores), dim_zero_cat(self.labels)
         image_auroc, image_f1_max = _auroc_and_f1_max(scores, labels, "image")
         results = {"image_auroc": image_auroc, "image_f1_max": image_f1_max}
         if len(self.maps) > 0:  # a list before a DDP sync, a tensor after it
-            masks = dim_zero_cat(self.masks).bool()
-            results |= self._pixel_metrics(dim_zero_cat(self.maps), masks, len(scores))
+            maps, masks = dim_zero_cat(self.maps), dim_zero_cat(self.masks).bool()
+            if len(maps) != len(scores):
+                raise ValueError(
+                    f"Pass maps and masks with every update or with none, "
+                    f"got {len(maps)} maps for {len(scores)} images."
+                )
+            known = dim_zero_cat(self.mask_known).bool()
+            coverage = PixelCoverage.of(labels, known)
+            if coverage.available:
+                if not coverage.complete:
+                    maps, masks = maps[known], masks[known]
+                results |= self._pixel_metrics(maps, masks)
         return {name: torch.tensor(value, dtype=torch.float32) for name, value in results.items()}
 
-    def _pixel_metrics(self, maps: torch.Tensor, masks: torch.Tensor, n_images: int) -> dict[str, float]:
+    def coverage(self) -> PixelCoverage | None:
+        """Which images the pixel metrics cover, over every process (call it on every rank, as compute);
+        None when no maps were given."""
+        if len(self.mask_known) == 0:
+            return None
+        labels = gather_uneven(dim_zero_cat(self.labels))
+        return PixelCoverage.of(labels, gather_uneven(dim_zero_cat(self.mask_known)).bool())
+
+    def _pixel_metrics(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
         """Pixel AUROC / F1-max over all test pixels and both PRO variants."""
-        if len(maps) != n_images:
-            raise ValueError(
-                f"Pass maps and masks with every update or with none, "
-                f"got {len(maps)} maps for {n_images} images."
-            )
         pixel_auroc, pixel_f1_max = _auroc_and_f1_max(maps.flatten(), masks.flatten().long(), "pixel")
         return {
             "pixel_auroc": pixel_auroc,

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aand_lightning.config import sweep_group
 from aand_lightning.reporting.failures import FAILED
+from aand_lightning.reporting.loggers import wandb_config
 
 if TYPE_CHECKING:
     from aand_lightning.stages.base import AnomalyStage
@@ -30,6 +31,7 @@ METRIC_NOTES = {
     "per_image_pro": "RD-style PRO: per-image AUPRO to fpr_limit, averaged over anomalous images",
 }
 HEADERS = ("image AUROC", "pixel AUROC", "AUPRO@0.3", "per-image PRO")
+NOT_AVAILABLE = "–"  # a metric that could not be computed (pixel metrics without any mask), never a zero
 
 
 def _protocol_label(cfg: DictConfig) -> str:
@@ -64,6 +66,7 @@ def stage_record(
         "protocol": _protocol_label(cfg),
         "metrics": module.test_results,
         "metrics_by_map": module.test_results_by_map,
+        "pixel_coverage": module.test_coverage.record() if module.test_coverage else None,
         "map_details": module.map_details(),
         "notes": METRIC_NOTES,
         "performance": {
@@ -77,7 +80,7 @@ def stage_record(
     }
 
 
-def map_rows(record: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+def map_rows(record: dict[str, Any]) -> list[tuple[str, dict[str, float | None]]]:
     """(map label, metrics) per map of a record: the configured map first, marked "(output)" when the
     record reports several maps of the same forward pass (`metrics_by_map`), then the others."""
     configured = record.get("map", "")
@@ -88,26 +91,50 @@ def map_rows(record: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
     return [(f"{configured} (output)", record["metrics"]), *others]
 
 
-def _rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
-    """One row per record and map, then per stage and map the mean over the records that report it."""
+def _mean(column: Iterable[float | None]) -> float | None:
+    """The mean of a metric over records; not available when a record lacks it."""
+    values = list(column)
+    return None if None in values else sum(values) / len(values)
+
+
+def _rows(records: Iterable[dict[str, Any]], missing: str = NOT_AVAILABLE) -> list[list[str]]:
+    """One row per record and map, then per stage and map the mean over the records that report it;
+    a metric that is not available (None) is written as `missing`."""
+
+    def cells(values: list[float | None]) -> list[str]:
+        return [missing if v is None else f"{100 * v:.1f}" for v in values]
+
     rows, groups = [], {}
     for r in records:
         for label, metrics in map_rows(r):
             values = [metrics.get(c, math.nan) for c in COLUMNS]
-            rows.append([r["dataset"], r["category"], r["stage"], label, *(f"{100 * v:.1f}" for v in values)])
+            rows.append([r["dataset"], r["category"], r["stage"], label, *cells(values)])
             groups.setdefault((r["stage"], label), (r["dataset"], []))[1].append(values)
     for (stage, label), (dataset, group) in sorted(groups.items(), key=lambda item: item[0][0]):
         if len(group) > 1:
-            means = [sum(column) / len(group) for column in zip(*group, strict=True)]
-            rows.append([dataset, "mean", stage, label, *(f"{100 * m:.1f}" for m in means)])
+            rows.append([dataset, "mean", stage, label, *cells([_mean(c) for c in zip(*group, strict=True)])])
     return rows
 
 
+def coverage_notes(records: Iterable[dict[str, Any]]) -> list[str]:
+    """One line per record whose pixel metrics leave images out (anomalous images without masks)."""
+    return [
+        f"{r['dataset']} {r['category']} ({r['stage']}): {r['pixel_coverage']['note']}"
+        for r in records
+        if (r.get("pixel_coverage") or {}).get("note")
+    ]
+
+
 def format_table(records: Iterable[dict[str, Any]]) -> str:
-    """Markdown table of the records' metrics in percent (AUPRO normalised by its FPR limit)."""
+    """Markdown table of the records' metrics in percent (AUPRO normalised by its FPR limit), then one
+    line per record whose pixel metrics are not available or cover only some images, saying why."""
+    records = list(records)
     header = ("dataset", "category", "stage", "map", *HEADERS)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(records)]
+    notes = coverage_notes(records)
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines)
 
 
@@ -137,7 +164,7 @@ def _csv_rows(records: list[dict[str, Any]], failures: list[dict[str, Any]]) -> 
     """Result rows with an empty error column, then one row per failed job with its reason."""
     blanks = [""] * len(COLUMNS)
     failed = [[f["dataset"], f["category"], f.get("stage") or "", "", *blanks, f["error"]] for f in failures]
-    return [[*row, ""] for row in _rows(records)] + failed
+    return [[*row, ""] for row in _rows(records, missing="")] + failed
 
 
 def write_summary(directory: str | Path) -> str:
@@ -187,9 +214,9 @@ class SummaryCallback(Callback):
             return
         print(write_summary(sweep_dir))
         print(f"Summary written to {sweep_dir / 'summary.md'} and summary.csv")
-        logger = config.get("logger")
-        if logger and "Wandb" in str(logger.get("_target_", "")):
-            log_summary_to_wandb(sweep_dir, OmegaConf.select(logger, "project"))
+        wandb = wandb_config(config.get("logger"))
+        if wandb is not None:
+            log_summary_to_wandb(sweep_dir, OmegaConf.select(wandb, "project"))
         failed = collect_failures(sweep_dir)
         if failed:
             raise SystemExit(

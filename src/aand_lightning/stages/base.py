@@ -15,7 +15,8 @@ from torch import nn
 
 from aand_lightning.data.batch import Batch
 from aand_lightning.data.preprocessing import Preprocessing
-from aand_lightning.metrics.anomaly_metrics import AnomalyMetrics
+from aand_lightning.errors import UserError
+from aand_lightning.metrics.anomaly_metrics import PIXEL_METRICS, AnomalyMetrics, PixelCoverage
 from aand_lightning.models.anomaly_map import MapName, image_scores
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -44,6 +45,11 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _floats(results: dict[str, torch.Tensor]) -> dict[str, float | None]:
+    """Computed metrics as floats; the pixel metrics that could not be computed (no mask known) as None."""
+    return {k: float(v) for k, v in results.items()} | {k: None for k in PIXEL_METRICS if k not in results}
+
+
 @dataclass
 class EvaluationOutput:
     """What `test_step` hands the callbacks: the output map (B,1,H,W) and image scores (B,)."""
@@ -58,10 +64,11 @@ class AnomalyStage(L.LightningModule):
 
     `test_results` holds the computed metrics of the output map (`output_map`) after `trainer.test`,
     `test_results_by_map` those of every map of the same forward pass (identical on every rank: the
-    metric states are gathered across processes before computing). `synthetic_train` says whether
-    the stage trains on synthetic anomalies (the entry point tells the datamodule); `validate_on_test`
-    (the authors' protocol) that its validation batches are the labelled test set. `preprocessing` is
-    what turned the files into its inputs (pictures undo it).
+    metric states are gathered across processes before computing), pixel metrics None where no
+    anomalous test image has a mask; `test_coverage` says which images the pixel metrics cover.
+    `synthetic_train` says whether the stage trains on synthetic anomalies (the entry point tells the
+    datamodule); `validate_on_test` (the authors' protocol) that its validation batches are the
+    labelled test set. `preprocessing` is what turned the files into its inputs (pictures undo it).
     """
 
     stage_name = ""
@@ -88,8 +95,9 @@ class AnomalyStage(L.LightningModule):
         self.fpr_limit = fpr_limit
         self.test_metrics = nn.ModuleDict()  # one AnomalyMetrics per reported map, made per test pass
         self.val_metrics = AnomalyMetrics(fpr_limit=fpr_limit)  # only fed when validating on the test set
-        self.test_results: dict[str, float] = {}
-        self.test_results_by_map: dict[str, dict[str, float]] = {}
+        self.test_results: dict[str, float | None] = {}
+        self.test_results_by_map: dict[str, dict[str, float | None]] = {}
+        self.test_coverage: PixelCoverage | None = None
         self.inference_seconds = 0.0
         self.inference_images = 0
 
@@ -154,7 +162,15 @@ class AnomalyStage(L.LightningModule):
     def validate_on_test_batch(self, batch: Batch) -> None:
         """Authors' protocol (opt-in): maps and scores of labelled test images during validation."""
         maps, scores = self.output(batch.image)
-        self.val_metrics.update(scores, batch.label, maps[:, 0], batch.mask[:, 0] > 0.5)
+        self.val_metrics.update(scores, batch.label, maps[:, 0], batch.mask[:, 0] > 0.5, batch.mask_known)
+
+    def on_validation_batch_start(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """The authors' protocol selects epochs by pixel-level results on the test set: every mask needed."""
+        if self.validate_on_test and batch.mask_known is not None and not bool(batch.mask_known.all()):
+            raise UserError(
+                "protocol=authors selects epochs by pixel metrics on the test set, so every anomalous test "
+                "image needs a mask; pass protocol=clean or add the missing masks (dataset.mask_dir)."
+            )
 
     def selection_score(self, results: dict[str, torch.Tensor]) -> torch.Tensor:
         """What the authors' protocol keeps the best epoch by (logged as `val/selection`)."""
@@ -182,24 +198,27 @@ class AnomalyStage(L.LightningModule):
         self.inference_images += len(batch)
         masks = batch.mask[:, 0] > 0.5
         for name, maps in by_name.items():
-            self.test_metrics[name].update(scores[name], batch.label, maps[:, 0], masks)
+            self.test_metrics[name].update(scores[name], batch.label, maps[:, 0], masks, batch.mask_known)
         return EvaluationOutput(by_name[self.output_map], scores[self.output_map])
 
     def on_test_epoch_end(self) -> None:
         self.test_results_by_map = {
-            name: {k: float(v) for k, v in metrics.compute().items()}
-            for name, metrics in self.test_metrics.items()
+            name: _floats(metrics.compute()) for name, metrics in self.test_metrics.items()
         }
+        self.test_coverage = self.test_metrics[self.output_map.value].coverage()
         self.test_metrics = nn.ModuleDict()
         self.test_results = self.test_results_by_map[self.output_map.value]
         self.log_dict(
-            {f"test/{k}": v for k, v in self.test_results.items()}, sync_dist=False, rank_zero_only=True
+            {f"test/{k}": v for k, v in self.test_results.items() if v is not None},
+            sync_dist=False,
+            rank_zero_only=True,
         )
         others = {
             f"test_{name}/{k}": v
             for name, results in self.test_results_by_map.items()
             if name != self.output_map
             for k, v in results.items()
+            if v is not None
         }
         self.log_dict(others, sync_dist=False, rank_zero_only=True)
 

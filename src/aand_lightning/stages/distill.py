@@ -12,7 +12,7 @@ from torch import nn
 from aand_lightning.data.batch import Batch
 from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.metrics.distributed import gather_uneven
-from aand_lightning.models.aand import AAND
+from aand_lightning.models.aand import AAND, AANDOutput
 from aand_lightning.models.anomaly_map import MapName, image_scores
 from aand_lightning.models.teacher import TeacherFeatures
 from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
@@ -213,6 +213,11 @@ class NormalityDistillation(AnomalyStage):
     def output(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images)
         return out.map, out.score
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> AANDOutput:
+        """`Trainer.predict`: the model's output for the batch (its `score` and `map`; `inference.py`'s
+        `Inferencer` adds the decision, normalised score and mask)."""
+        return self.model(batch.image)
 
 
 @torch.no_grad()

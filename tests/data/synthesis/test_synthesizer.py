@@ -3,6 +3,7 @@
 import pickle
 from pathlib import Path
 
+import albumentations as A
 import cv2
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from aand_lightning.data.synthesis import synthesizer as synthesizer_module
+from aand_lightning.data.synthesis.augmenters import EnhanceSharpness
 from aand_lightning.data.synthesis.synthesizer import FRACTIONS, AnomalySynthesizer, check_fractions
 from aand_lightning.data.synthesis.textures import ProceduralTextures, TextureFolder
 from aand_lightning.errors import UserError
@@ -18,13 +20,13 @@ CONFIG = Path(__file__).parents[3] / "conf" / "synthesis" / "default.yaml"
 
 
 class ConstantTexture:
-    """A texture source with one known colour, so blended values can be checked exactly."""
+    """A texture source with one known level, so blended values can be checked exactly."""
 
-    def __init__(self, value: float) -> None:
-        self.value = value
+    def __init__(self, level: int) -> None:
+        self.level = level
 
     def sample(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-        return np.full((height, width, 3), self.value, np.float32)
+        return np.full((height, width, 3), self.level, np.uint8)
 
 
 @pytest.fixture
@@ -61,16 +63,17 @@ def test_changes_only_inside_the_mask_and_mask_inside_foreground(image, foregrou
 
 def test_blend_uses_one_beta_below_beta_max(image, foreground) -> None:
     black = np.zeros_like(image)
-    out, mask = AnomalySynthesizer(ConstantTexture(0.5), clean_probability=0.0, beta_max=0.8)(
+    grey = np.float32(128) * np.float32(1 / 255)
+    out, mask = AnomalySynthesizer(ConstantTexture(128), A.NoOp(), clean_probability=0.0, beta_max=0.8)(
         black, foreground, np.random.default_rng(1)
     )
     inside = out[mask.astype(bool)]
     np.testing.assert_allclose(inside, inside.flat[0])
-    assert 0.5 * 0.2 <= inside.flat[0] <= 0.5
-    pure, mask = AnomalySynthesizer(ConstantTexture(0.5), clean_probability=0.0, beta_max=0.0)(
+    assert grey * 0.2 <= inside.flat[0] <= grey
+    pure, mask = AnomalySynthesizer(ConstantTexture(128), A.NoOp(), clean_probability=0.0, beta_max=0.0)(
         image, foreground, np.random.default_rng(2)
     )
-    np.testing.assert_array_equal(pure[mask.astype(bool)], 0.5)
+    np.testing.assert_array_equal(pure[mask.astype(bool)], grey)
 
 
 def test_same_seed_same_result_other_seed_other_result(image, foreground) -> None:
@@ -92,6 +95,28 @@ def test_survives_pickling_with_identical_results(image, foreground) -> None:
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_texture_augmentation_is_seeded_from_the_sample_with_one_state_for_all_its_ops() -> None:
+    """The composition's random state comes from the sample's generator: the same seed gives the same
+    texture in any process; its ops share that state, so two equal ops do not repeat each other's draws."""
+    twice = A.Sequential([EnhanceSharpness(), EnhanceSharpness()], p=1.0)
+    synthesize = AnomalySynthesizer(ProceduralTextures(num_textures=4), twice)
+    first = synthesize.texture(np.random.default_rng(7), 32, 32)
+    factors = [op.params["factor"] for op in twice.transforms]
+    assert factors[0] != factors[1]
+    assert first.dtype == np.float32 and first.min() >= 0.0 and first.max() <= 1.0
+    synthesize.texture(np.random.default_rng(8), 32, 32)
+    np.testing.assert_array_equal(synthesize.texture(np.random.default_rng(7), 32, 32), first)
+    worker_copy = pickle.loads(pickle.dumps(synthesize))
+    np.testing.assert_array_equal(worker_copy.texture(np.random.default_rng(7), 32, 32), first)
+
+
+def test_texture_augment_that_changes_the_size_names_the_fix() -> None:
+    synthesize = AnomalySynthesizer(ProceduralTextures(num_textures=2), A.Resize(8, 8, p=1.0))
+    with pytest.raises(UserError, match="keep the size and the uint8 type") as caught:
+        synthesize.texture(np.random.default_rng(0), 16, 16)
+    assert str(caught.value).startswith("synthesis.texture_augment turned a (16, 16, 3) uint8 texture")
 
 
 def _clean_rate(probability: float, draws: int) -> float:

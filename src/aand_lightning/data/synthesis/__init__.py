@@ -1,5 +1,7 @@
-"""Stage-1 anomaly synthesis: Perlin masks, texture sources, foreground rules, the synthesizer."""
+"""Stage-1 anomaly synthesis: Perlin masks, texture sources and their augmenters, foreground rules, the
+synthesizer."""
 
+from aand_lightning.data.synthesis.augmenters import authors_texture_augment
 from aand_lightning.data.synthesis.foreground import (
     ForegroundCache,
     ForegroundRule,
@@ -24,6 +26,7 @@ __all__ = [
     "ProceduralTextures",
     "TextureFolder",
     "TextureSource",
+    "authors_texture_augment",
     "foreground_mask",
     "make_texture_source",
     "perlin_mask",

@@ -7,8 +7,10 @@ from numbers import Real
 
 import numpy as np
 
+from aand_lightning.data.synthesis.augmenters import authors_texture_augment
 from aand_lightning.data.synthesis.perlin import perlin_mask
 from aand_lightning.data.synthesis.textures import TextureSource, make_texture_source
+from aand_lightning.data.transforms import Transform, seeded
 from aand_lightning.errors import UserError
 
 # The closed interval of each fraction of the synthesis config; `checks.check_config` checks the
@@ -27,15 +29,18 @@ def check_fractions(values: Mapping[str, object]) -> None:
 class AnomalySynthesizer:
     """DRAEM-style synthetic anomalies for AAND's amplification stage.
 
-    Holds no random state: every draw comes from the `rng` passed to `__call__`, so a sample is
-    reproducible from its seed and the object pickles cleanly into DataLoader workers. The textures
-    come from `texture_source` when given, else from `textures` (procedural | dtd | folder, see
-    `make_texture_source`); `texture_source.description` names them.
+    Every draw comes from the `rng` passed to `__call__` (the texture augmentation's random state is
+    drawn from it too), so a sample is reproducible from its seed and the object pickles cleanly into
+    DataLoader workers. The textures come from `texture_source` when given, else from `textures`
+    (procedural | dtd | folder, see `make_texture_source`); `texture_source.description` names them.
+    `texture_augment` (albumentations, on uint8 RGB) augments each texture; None gives the authors'
+    (`authors_texture_augment`), `albumentations.NoOp()` none.
     """
 
     def __init__(
         self,
         texture_source: TextureSource | None = None,
+        texture_augment: Transform | None = None,
         texture_dir: str | None = None,
         textures: str = "procedural",
         dtd_root: str | None = None,
@@ -55,6 +60,7 @@ class AnomalySynthesizer:
         if texture_source is None:
             texture_source = make_texture_source(texture_dir, seed, textures, dtd_root)
         self.texture_source = texture_source
+        self.texture_augment = authors_texture_augment() if texture_augment is None else texture_augment
         self.clean_probability = clean_probability
         self.beta_max = beta_max
         self.perlin = {
@@ -74,6 +80,17 @@ class AnomalySynthesizer:
             if np.count_nonzero(mask) >= self.min_pixels:
                 return mask
         return None
+
+    def texture(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+        """A texture of the source, augmented: float32 (height, width, 3) RGB in [0, 1]."""
+        texture = self.texture_source.sample(rng, height, width)
+        augmented = seeded(self.texture_augment, rng)(image=texture)["image"]
+        if augmented.shape != texture.shape or augmented.dtype != np.uint8:
+            raise UserError(
+                f"synthesis.texture_augment turned a {texture.shape} uint8 texture into a {augmented.shape} "
+                f"{augmented.dtype} one; use ops that keep the size and the uint8 type."
+            )
+        return augmented.astype(np.float32) * np.float32(1.0 / 255.0)
 
     def __call__(
         self, image: np.ndarray, foreground: np.ndarray, rng: np.random.Generator
@@ -100,7 +117,7 @@ class AnomalySynthesizer:
         mask = self.anomaly_mask(foreground, rng)
         if mask is None:
             return image, empty
-        texture = self.texture_source.sample(rng, *foreground.shape)
+        texture = self.texture(rng, *foreground.shape)
         beta = np.float32(rng.uniform(0.0, self.beta_max))
         synthetic = image.copy()
         synthetic[mask] = (1.0 - beta) * texture[mask] + beta * image[mask]
