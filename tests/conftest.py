@@ -2,6 +2,7 @@ import importlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import wandb
 
 from aand_lightning.config import config_file
 from aand_lightning.data.batch import Item, collate
@@ -22,6 +24,34 @@ from aand_lightning.stages import NormalityDistillation
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n N`: the workers share the cores, one thread each
     os.environ["OMP_NUM_THREADS"] = "1"  # and so do the processes tests start (CLI runs, DDP ranks)
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def wandb_home(monkeypatch, tmp_path):
+    """A user without any wandb login: the netrc file (not written yet), a home and wandb config dir of
+    their own, no WANDB_* variables. wandb keeps the settings it first loads in a process, so it is
+    torn down before and after, to load them from this environment."""
+    for key in [key for key in os.environ if key.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    wandb.teardown()
+    yield tmp_path / ".netrc"
+    wandb.teardown()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """No network: every host name lookup is recorded and fails at once."""
+    hosts: list[str] = []
+
+    def fail(host, *args, **kwargs):
+        hosts.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "no network in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    return hosts
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ def test_paper_benchmark_runs_from_a_served_archive(tmp_path, smoke):
     url = f"http://127.0.0.1:{server.server_address[1]}/{archive.name}"
     mirror.write_text(json.dumps({"mvtec": [{"url": url, "digest": digest}]}))
     root = tmp_path / "data" / "mvtec_anomaly_detection"
+    root.mkdir(parents=True)  # an empty folder given with --root is fetched into (dataset.download=auto)
     tiny = [
         *[o for o in smoke if not o.startswith("logger=")], "dataset.categories=[brick]",
         "synthesis.textures=procedural", "protocol.check_val_every_n_epoch=1",

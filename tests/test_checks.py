@@ -4,7 +4,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from aand_lightning.config import config_dir
-from aand_lightning.config.checks import ConfigError, check_config, check_wandb
+from aand_lightning.config.checks import ConfigError, check_config
 
 
 def _cfg(*overrides: str):
@@ -57,16 +57,3 @@ def test_stage_combinations_that_cannot_work(tmp_path):
 
 def test_epochs_of_a_stage_that_does_not_run_are_not_checked():
     check_config(_cfg("stage=distill", "amplify.epochs=0"))
-
-
-def test_wandb_without_credentials_names_every_way_out(monkeypatch, tmp_path):
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    with pytest.raises(ConfigError, match=r"wandb login.*WANDB_MODE=offline.*logger=csv"):
-        check_wandb()
-    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
-    check_wandb()  # credentials in the netrc file
-    (tmp_path / "netrc").unlink()
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    check_wandb()

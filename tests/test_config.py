@@ -94,7 +94,7 @@ def test_paper_experiments_are_the_paper_protocol():
         categories = cfg.hydra.sweeper.params["dataset.category"].split(",")
         assert sorted(categories) == sorted(cfg.dataset.categories)
         assert cfg.synthesis.textures == "dtd" and cfg.synthesis.texture_dir is None
-        assert cfg.dataset.download is True and cfg.dataset.source.download is True
+        assert cfg.dataset.download == "auto" and cfg.dataset.source.download == "auto"
 
 
 @pytest.mark.parametrize("dataset", ["mvtec", "visa", "mvtec3d"])

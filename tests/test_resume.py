@@ -108,9 +108,8 @@ def test_resume_without_a_checkpoint_names_the_directory(tmp_path, cli_arguments
     result = cli_in_process("train", *arguments, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"Error: ckpt_path=last found no checkpoint in {run_dir / 'distill' / 'checkpoints'}; pass "
-        "hydra.run.dir=<the run dir to resume> (it holds <stage>/checkpoints/last.ckpt), or leave "
-        "ckpt_path out to start afresh."
+        f"Error: ckpt_path=last found nothing to resume in {run_dir} (no <stage>/checkpoints/last.ckpt); "
+        "pass hydra.run.dir=<the run dir to resume>, or leave ckpt_path out to start afresh."
     ]
 
 

@@ -170,7 +170,7 @@ def test_a_mistake_in_the_python_call_raises_its_user_error(stage_all, smoke, tm
     """No exit from a Python call: a user mistake is raised as the UserError naming the fix, also when
     Hydra's composition or `instantiate` met it; a failed run leaves failed.json."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UserError, match="Could not find 'dataset/nope'"):
+    with pytest.raises(UserError, match="dataset=nope is not an option of dataset; choose one of demo"):
         aand_lightning.train(["dataset=nope"])
     with pytest.raises(UserError, match="a Python call runs one job"):
         aand_lightning.train(["hparams_search=distill_optuna"])

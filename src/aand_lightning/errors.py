@@ -7,6 +7,9 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class UserError(ValueError):
     """Bad input from the user; `str(error)` is one sentence that says what to pass or fix."""
@@ -14,3 +17,9 @@ class UserError(ValueError):
 
 class ModelConfigError(UserError):
     """A model setting is missing from a config mapping (config, checkpoint, artifact); names its key."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """` (did you mean 'bottle'?)` for the candidate closest to a mistyped `name`, else ""."""
+    close = difflib.get_close_matches(name, [c for c in dict.fromkeys(candidates) if c != name], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from aand_lightning.config import config_dir
+from aand_lightning.config.command_line import entry_point
 from aand_lightning.config.compose import hydra_job
 from aand_lightning.reporting.failures import job_failed
 from aand_lightning.runs.evaluation import test_checkpoint
@@ -32,7 +31,7 @@ def evaluate(overrides: Sequence[str] = ()) -> dict[str, float | None]:
         return test_checkpoint(cfg, run_dir)["metrics"]
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
+@entry_point("eval")
 def main(cfg: DictConfig) -> None:
     """Evaluate; a failure leaves `failed.json` in the run dir. A user error is one line on stderr
     (exit 2); in a multirun (e.g. `-m sweep=all_categories`), a failed job is logged and the sweep goes on."""

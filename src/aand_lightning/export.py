@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from aand_lightning.artifacts.checkpoint import TrainedModel, load_model
-from aand_lightning.config import config_dir
+from aand_lightning.config.command_line import entry_point
 from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.errors import UserError
 from aand_lightning.models.deployed import Deployed, DeployedModel
@@ -266,7 +265,7 @@ def check_images(image_size: tuple[int, int], batch_sizes: tuple[int, ...] = (1,
     return [rng.integers(0, 256, (batch, *image_size, 3), dtype=np.uint8) for batch in batch_sizes]
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
+@entry_point("export")
 def main(cfg: DictConfig) -> None:
     with user_errors():
         _export(cfg)

@@ -209,7 +209,7 @@ class Inferencer:
                     try:
                         image = source.read()
                     except CorruptImageError as error:
-                        warnings.warn(f"Skipping {source.path}: {error}", stacklevel=2)
+                        warnings.warn(error.skipped, stacklevel=2)
                         continue
                     kept.append((source, image))
                     resized.append(self.preprocessing.resize(image=image)["image"])

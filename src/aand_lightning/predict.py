@@ -16,13 +16,12 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from aand_lightning.artifacts.checkpoint import TrainedModel, load_model
-from aand_lightning.config import config_dir
+from aand_lightning.config.command_line import entry_point
 from aand_lightning.data.io import GOOD
 from aand_lightning.inference import Inferencer, PredictError, TorchBackend, find_images
 from aand_lightning.metrics.anomaly_metrics import f1_max
@@ -122,7 +121,7 @@ def run(cfg: DictConfig) -> Path:
     return output / "scores.csv"
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
+@entry_point("predict")
 def main(cfg: DictConfig) -> None:
     with user_errors():
         run(cfg)

@@ -16,12 +16,11 @@ import types
 from collections.abc import Sequence
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from aand_lightning.config import config_dir
+from aand_lightning.config.command_line import entry_point
 from aand_lightning.config.compose import hydra_job
 from aand_lightning.reporting.failures import job_failed
 from aand_lightning.runs.stage import failure_details, raising_failures
@@ -42,7 +41,7 @@ def train(overrides: Sequence[str] = ()) -> Metrics:
         return stage_metrics(run(cfg, run_dir))
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@entry_point("train")
 def main(cfg: DictConfig) -> float | None:
     """Run; returns the run's `optimized_metric` when one is set (what Hydra's Optuna sweeper maximises or
     minimises, `hparams_search=`). A failure leaves `failed.json` in the run dir. A user error is one line

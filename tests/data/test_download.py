@@ -150,9 +150,8 @@ def archive_of(request: pytest.FixtureRequest, tmp_path: Path, write_png: Callab
 
 
 def _leftovers(data_dir: Path) -> list[str]:
-    """Files and folders that fetch should not leave behind (partial downloads, archives, workspaces)."""
-    downloads = [p for p in (data_dir / DOWNLOADS).iterdir() if p.suffix != ".lock"]
-    return sorted(p.name for p in [*data_dir.glob(".*.extract-*"), *downloads])
+    """What fetch should not leave behind: partial downloads, archives, lock files, extraction workspaces."""
+    return sorted(p.name for p in [*data_dir.glob(".*.extract-*"), *(data_dir / DOWNLOADS).iterdir()])
 
 
 @pytest.mark.parametrize("name", sorted(_LAYOUTS))
@@ -274,6 +273,7 @@ def test_parallel_jobs_download_once_the_second_waits_on_the_lock(served, archiv
     assert results == [tmp_path / "data" / "dtd"] * 2
     assert len(served.requests) == 1
     assert "Waiting for another job" in capsys.readouterr().err
+    assert _leftovers(tmp_path / "data") == []  # the waiting job found the lock file gone and made its own
 
 
 def _closed_port() -> int:
@@ -358,7 +358,8 @@ def test_fetch_into_a_folder_of_another_name_and_the_manual_step_for_it(
     assert f"move the dtd folder it holds to {tmp_path / 'other' / 'textures'}" in str(caught.value)
 
 
-# --- readers fetch their dataset when dataset.root is missing (dataset.download, default true) ---
+# --- readers fetch their dataset into an empty root (dataset.download=auto, the default), also a
+# missing one with dataset.download=true; a missing root is a typo until the user says otherwise ---
 
 _READERS = {"mvtec": ("bottle", 3), "mvtec3d": ("foam", 2), "visa": ("candle", 3)}  # category, train images
 
@@ -376,17 +377,19 @@ def serve_catalog(served, archive_of, monkeypatch) -> Callable[[str], CatalogEnt
 
 
 @pytest.mark.parametrize("name", sorted(_READERS))
-def test_missing_root_is_fetched_by_the_configured_reader(name, serve_catalog, dataset_config, tmp_path):
+def test_download_true_creates_the_missing_root_and_fetches_into_it(
+    name, serve_catalog, dataset_config, tmp_path
+):
     serve_catalog(name)
     category, train_images = _READERS[name]
     data_dir = tmp_path / "data"
-    cfg = dataset_config(name, data_dir, f"dataset.category={category}")
-    assert cfg.dataset.download is True  # the default
+    cfg = dataset_config(name, data_dir, f"dataset.category={category}", "dataset.download=true")
 
     splits = instantiate(cfg.dataset.source).splits()
 
     assert len(splits.train) == train_images and splits.test
     assert (data_dir / CATALOG[name].folder).is_dir()  # the default root is the catalog's folder
+    assert _leftovers(data_dir) == []
 
 
 @pytest.mark.parametrize("name", sorted(_READERS))
@@ -395,10 +398,11 @@ def test_a_root_of_another_name_is_fetched_into_exactly_that_folder(
 ):
     serve_catalog(name)
     root = tmp_path / "datasets" / f"my_{name}"
-    root.mkdir(parents=True)  # an empty root counts as missing
+    root.mkdir(parents=True)  # an empty root the user made: asked to fetch into it
     cfg = dataset_config(
         name, tmp_path / "data", f"dataset.root={root}", f"dataset.category={_READERS[name][0]}"
     )
+    assert cfg.dataset.download == "auto"  # the default: an existing empty root is fetched into
 
     assert len(instantiate(cfg.dataset.source).splits().train) == _READERS[name][1]
     assert sorted(p.name for p in root.parent.iterdir()) == [DOWNLOADS, root.name]
@@ -421,7 +425,7 @@ def test_offline_reader_stops_in_seconds_naming_url_and_root(
     url = f"http://127.0.0.1:{_closed_port()}/{CATALOG[name].archives[0].filename}"
     monkeypatch.setitem(CATALOG, name, dataclasses.replace(CATALOG[name], archives=(Archive(url, "0" * 64),)))
     root = tmp_path / "data" / CATALOG[name].folder
-    source = instantiate(dataset_config(name, tmp_path / "data").dataset.source)
+    source = instantiate(dataset_config(name, tmp_path / "data", "dataset.download=true").dataset.source)
 
     began = time.monotonic()
     with pytest.raises(DownloadError) as caught:
@@ -431,6 +435,47 @@ def test_offline_reader_stops_in_seconds_naming_url_and_root(
     assert isinstance(caught.value, UserError)  # the CLI prints it as one line, exit status 2
     one_sentence(str(caught.value))
     assert url in str(caught.value) and f"extract it into {root}" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", sorted(_READERS))
+def test_a_mistyped_root_stops_with_a_did_you_mean_and_creates_and_fetches_nothing(
+    name, serve_catalog, served, dataset_config, tmp_path, one_sentence
+):
+    serve_catalog(name)
+    data_dir = tmp_path / "data"
+    (data_dir / name).mkdir(parents=True)  # the real root, say /data/mvtec
+    typo = data_dir / f"{name}rot"
+    cfg = dataset_config(name, data_dir, f"dataset.root={typo}")  # default settings otherwise
+
+    with pytest.raises(DatasetError) as caught:
+        instantiate(cfg.dataset.source).splits()
+
+    message = str(caught.value)
+    one_sentence(message)
+    assert f"dataset.root {typo} does not exist (did you mean {name!r}?)" in message
+    assert f"pass dataset.download=true to fetch {CATALOG[name].title} into it" in message
+    assert served.requests == [] and sorted(p.name for p in data_dir.iterdir()) == [name]  # no lock either
+
+
+@pytest.mark.parametrize("outcome", ["succeeds", "fails"])
+def test_no_lock_file_remains_after_a_download(outcome, served, archive_of, tmp_path):
+    entry = served.entry("visa", archive_of("visa"), digest=None if outcome == "succeeds" else "0" * 64)
+    data_dir = tmp_path / "data"
+
+    if outcome == "succeeds":
+        fetch(entry, data_dir, progress=False)
+    else:  # a checksum mismatch: the file came, then the download failed
+        with pytest.raises(DownloadError):
+            fetch(entry, data_dir, progress=False)
+
+    assert len(served.requests) == 1 and (data_dir / DOWNLOADS).is_dir()  # it did lock and download
+    assert list((data_dir / DOWNLOADS).glob("*.lock")) == []
+
+
+def test_a_bad_download_value_is_one_sentence_when_the_reader_is_built(tmp_path, one_sentence):
+    with pytest.raises(DatasetError, match=r"dataset\.download is 'yes'; set it to auto, true or") as caught:
+        MVTecAD(tmp_path, "bottle", download="yes")
+    one_sentence(str(caught.value))
 
 
 # --- synthesis.textures=dtd: DTD is fetched on first use, then its images/ are the textures ---

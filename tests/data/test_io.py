@@ -142,12 +142,11 @@ def test_rgb_mask_is_any_channel_nonzero(tmp_path, write_png):
     np.testing.assert_array_equal(read_mask(write_png(tmp_path / "m.png", pixels)), [[False, True, True]])
 
 
-def test_mask_of_other_size_is_nearest_resized_with_warning(tmp_path, write_png):
+def test_mask_of_other_size_is_nearest_resized(tmp_path, write_png):
     pixels = np.zeros((4, 4), np.uint8)
     pixels[:2, :2] = 255
     path = write_png(tmp_path / "small_mask.png", pixels)
-    with pytest.warns(UserWarning, match=r"small_mask\.png"):
-        mask = read_mask(path, size=(8, 12))
+    mask = read_mask(path, size=(8, 12))
     assert mask.shape == (8, 12)
     np.testing.assert_array_equal(mask, np.kron(pixels > 0, np.ones((2, 3), bool)))
 
@@ -290,3 +289,21 @@ def test_check_samples_names_other_conversions(tmp_path, pixels, mode, kind):
     Image.fromarray(pixels, mode=mode).save(path)
     with pytest.warns(UserWarning, match=f": 1 {kind} "):
         check_samples([Sample(path, 0)])
+
+
+def test_masks_of_another_size_are_reported_once_by_the_data_check(tmp_path, write_png, noise):
+    """Before training, not when the test set is first read (after stage 1 has trained)."""
+    image = write_png(tmp_path / "image.png", noise)
+    small = [write_png(tmp_path / f"small{i}_mask.png", np.full((4, 4), 255, np.uint8)) for i in range(2)]
+    right = write_png(tmp_path / "right_mask.png", np.full(noise.shape[:2], 255, np.uint8))
+    samples = [
+        Sample(image, 1, "scratch", small[0]),
+        Sample(image, 1, "scratch", right),
+        Sample(image, 1, "s", small[1]),
+    ]
+    with pytest.warns(UserWarning) as records:
+        assert check_samples(samples) == samples
+    messages = [str(record.message) for record in records]
+    assert len(messages) == 1
+    h, w = noise.shape[:2]
+    assert "2 mask(s) differ" in messages[0] and f"small0_mask.png is 4x4, its image {h}x{w}" in messages[0]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import wandb
 
 from aand_lightning.data.demo import ensure_category
 
@@ -77,12 +78,23 @@ def _wandb_overrides(tmp_path: Path, smoke: tuple[str, ...]) -> list[str]:
     return [*smoke, "logger=wandb", f"hydra.run.dir={tmp_path / 'r'}", f"dataset.root={tmp_path / 'demo'}"]
 
 
+@pytest.fixture
+def fresh_wandb():
+    """wandb keeps the settings it first loads in a process and then ignores WANDB_* changes: torn down
+    around a test that sets its own, it loads them from that test's environment."""
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
 def _assert_names_the_ways_out(line: str) -> None:
     for way_out in ("wandb login", "WANDB_MODE=offline", "logger=csv"):
         assert way_out in line
 
 
-def test_wandb_without_credentials_stops_before_training(cli_in_process, tmp_path, smoke, monkeypatch):
+def test_wandb_without_credentials_stops_before_training(
+    cli_in_process, tmp_path, smoke, monkeypatch, fresh_wandb
+):
     for key in [key for key in os.environ if key.startswith("WANDB_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -106,7 +118,9 @@ def test_wandb_without_credentials_never_prompts_at_a_terminal(tmp_path, smoke):
     _assert_names_the_ways_out(_one_error_line(result))
 
 
-def test_sweep_survives_a_failing_job_and_reports_it(cli_in_process, tmp_path, smoke, monkeypatch):
+def test_sweep_survives_a_failing_job_and_reports_it(
+    cli_in_process, tmp_path, smoke, monkeypatch, fresh_wandb
+):
     """Two categories, one with no data: the other still runs, the summary has both rows, exit 1;
     with logger=wandb (offline) both jobs share the sweep's group and the summary is logged too."""
     good = ensure_category(tmp_path / "demo", "brick", image_size=64) / "train" / "good"
@@ -149,3 +163,16 @@ def test_one_training_image_stores_a_threshold_not_nan(train_in_process, tmp_pat
         )
     state = torch.load(run_dir / "distill" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert torch.isfinite(state["model.threshold"]) and torch.isfinite(state["model.map_threshold"])
+
+
+def test_a_failure_records_its_root_cause_not_hydras_wrapper():
+    """What `failed.json` and a sweep's summary row say of a failure inside `instantiate`: the error
+    itself, not "Error in call to target ..." (issue 23)."""
+    from hydra.utils import instantiate
+
+    from aand_lightning.reporting.failures import reason
+
+    with pytest.raises(Exception) as caught:
+        instantiate({"_target_": "builtins.int", "_args_": ["x"]})
+    assert "Error in call to target" in str(caught.value)
+    assert reason(caught.value) == "ValueError: invalid literal for int() with base 10: 'x'"

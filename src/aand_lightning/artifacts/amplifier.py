@@ -14,6 +14,7 @@ import torch
 
 from aand_lightning.artifacts.migrate import migrate_settings, migrate_teacher_state
 from aand_lightning.artifacts.torch_file import load_torch_file
+from aand_lightning.config import backbone_override
 from aand_lightning.errors import UserError
 from aand_lightning.models.build import build_teacher
 from aand_lightning.models.teacher import Teacher
@@ -88,10 +89,10 @@ def check_compatible(payload: Mapping[str, Any], backbone: Mapping[str, Any], ra
     """Refuse a stage-2 config that disagrees with the teacher; the message names the setting to pass."""
     path, trained = payload["path"], payload["backbone"]["name"]
     if trained != backbone["name"]:
+        theirs, ours = backbone_override(trained), backbone_override(backbone["name"])
         raise AmplifierError(
-            f"The amplifier at {path} was trained with backbone={trained}, but this run uses "
-            f"backbone={backbone['name']}; pass backbone={trained} or an amplifier trained with "
-            f"backbone={backbone['name']}."
+            f"The amplifier at {path} was trained with {theirs}, but this run uses {ours}; "
+            f"pass {theirs} or an amplifier trained with {ours}."
         )
     for key in sorted(set(payload["raa"]) | set(raa)):
         theirs, ours = payload["raa"].get(key), raa.get(key)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from aand_lightning.config import config_dir, config_file
+from aand_lightning.config import backbone_option, config_file
 from aand_lightning.models.anomaly_map import MapName
 
 # Old name → new name, per settings section.
@@ -27,11 +27,8 @@ _MODEL_KEYS = {"teacher.teacher.": "teacher.encoder.", "fusion.": "fused_map."}
 
 def _student_defaults(name: str) -> dict[str, Any]:
     """`student` of the backbone option for the timm `name` (e.g. wide_resnet50_2.tv_in1k); {} if none."""
-    for path in sorted((config_dir() / "backbone").glob("*.yaml")):
-        option = config_file(f"backbone/{path.name}")
-        if name in (option["name"], path.stem):
-            return option["student"]
-    return {}
+    option = backbone_option(name)
+    return option[1]["student"] if option else {}
 
 
 def _anomaly_map(stored: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:

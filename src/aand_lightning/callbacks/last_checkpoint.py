@@ -53,3 +53,13 @@ def resume_from(ckpt_path: str | None, stage_dir: Path, after_finished_stage: bo
         f"ckpt_path=last found no checkpoint in {last.parent}; pass hydra.run.dir=<the run dir to resume> "
         "(it holds <stage>/checkpoints/last.ckpt), or leave ckpt_path out to start afresh."
     )
+
+
+def require_resumable(run_dir: Path) -> None:
+    """`ckpt_path=last` continues a run: its dir must hold a stage's last.ckpt. Otherwise (a mistyped run
+    dir) stop, rather than start afresh in a new folder under the name of a resume."""
+    if not any(run_dir.glob(f"*/checkpoints/{LAST}")):
+        raise UserError(
+            f"ckpt_path=last found nothing to resume in {run_dir} (no <stage>/checkpoints/{LAST}); pass "
+            "hydra.run.dir=<the run dir to resume>, or leave ckpt_path out to start afresh."
+        )

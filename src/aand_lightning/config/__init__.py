@@ -67,3 +67,19 @@ def config_file(path: str) -> dict[str, Any]:
 def plain(node: Any) -> Any:
     """A config node as plain Python values (resolved), for checkpoints, files and loggers."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+
+
+def backbone_option(name: str) -> tuple[str, dict[str, Any]] | None:
+    """The `backbone=` option (its file name and settings) whose timm `name` or file name is `name`."""
+    for path in sorted((config_dir() / "backbone").glob("*.yaml")):
+        option = config_file(f"backbone/{path.name}")
+        if name in (option["name"], path.stem):
+            return path.stem, option
+    return None
+
+
+def backbone_override(name: str) -> str:
+    """How a user asks for the timm backbone `name`: `backbone=wide_resnet50_2` for the option of
+    `wide_resnet50_2.tv_in1k`, else `backbone.name=<name>`."""
+    option = backbone_option(name)
+    return f"backbone={option[0]}" if option else f"backbone.name={name}"

@@ -5,28 +5,28 @@ Each failure is one sentence naming the config key and a value that works.
 
 from __future__ import annotations
 
-import netrc
-import os
+import inspect
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+from hydra.utils import get_object
+from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aand_lightning.data.synthesis.synthesizer import FRACTIONS, check_fractions
-from aand_lightning.errors import UserError
+from aand_lightning.errors import UserError, did_you_mean
 from aand_lightning.models.aand import OUTPUTS
 from aand_lightning.models.anomaly_map import MapName
-from aand_lightning.models.encoder import ENCODER_STRIDES
+from aand_lightning.models.encoder import ENCODER_STRIDES, feature_indices
 from aand_lightning.models.fused_map import parse_weight
 from aand_lightning.models.teacher import require_raa
 from aand_lightning.reporting.loggers import wandb_config
+from aand_lightning.reporting.wandb_login import check_wandb_login
 from aand_lightning.stages.feature_cache import FeatureCacheSettings
 
 # The student's bottleneck halves the deepest (stride-16) level once more, and its decoder doubles
 # back up: sizes must divide by this for the levels to line up.
 SIZE_MULTIPLE = 2 * max(ENCODER_STRIDES)
-_WANDB_NO_LOGIN = ("offline", "dryrun", "disabled")
 
 
 class ConfigError(UserError):
@@ -107,8 +107,71 @@ def _anomaly_map(cfg: DictConfig) -> None:
             )
 
 
+_INSTANTIATE_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
+
+
+def check_targets(node: Any, path: str = "") -> None:
+    """Every setting of a `_target_` node is a parameter of what it builds (a key added with
+    `+datamodule.batchsize=4` fails here in one sentence, not as a TypeError once the data is read)."""
+    if isinstance(node, DictConfig | ListConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for key, child in children:
+        check_targets(child, f"{path}.{key}" if path else str(key))
+    target = node.get("_target_") if isinstance(node, dict) else None
+    if not isinstance(target, str):
+        return
+    parameters = inspect.signature(get_object(target)).parameters.values()
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return
+    names = [p.name for p in parameters]
+    for key in sorted(set(node) - _INSTANTIATE_KEYS - set(names)):
+        where = f"{path}.{key}" if path else str(key)
+        raise ConfigError(
+            f"{where} is not a setting of {target}{did_you_mean(str(key), names)}; "
+            f"its settings are {', '.join(names)}."
+        )
+
+
+def _accelerator(cfg: DictConfig) -> None:
+    """A GPU run on a machine without one stops here, not with Lightning's "No supported gpu backend"."""
+    accelerator, devices = str(cfg.trainer.get("accelerator", "auto")), cfg.trainer.get("devices", "auto")
+    if accelerator not in ("gpu", "cuda", "mps"):
+        return
+    found = {"cuda": CUDAAccelerator.is_available(), "mps": MPSAccelerator.is_available()}
+    if not (any(found.values()) if accelerator == "gpu" else found[accelerator]):
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs a GPU and torch sees none on this machine; "
+            "pass trainer=cpu (the paper recipes choose trainer=gpu)."
+        )
+    count = CUDAAccelerator.auto_device_count() if found["cuda"] else 1
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > count:
+        raise ConfigError(
+            f"trainer.devices={devices} but this machine has {count} GPU(s); pass trainer.devices={count}."
+        )
+
+
+def _evaluated(cfg: DictConfig) -> None:
+    """A protocol that selects an epoch on its evaluations (protocol=authors) needs at least one of them."""
+    every = _value(cfg, "protocol.check_val_every_n_epoch")
+    if not cfg.protocol.get("callbacks"):
+        return
+    for stage in cfg.stage.run:
+        epochs = _value(cfg, f"{stage}.epochs")
+        if epochs < every:
+            raise ConfigError(
+                f"{stage}.epochs={epochs} ends before protocol={cfg.protocol.name} first evaluates (every "
+                f"{every} epochs), so no epoch would be selected; pass {stage}.epochs>={every} or "
+                f"protocol.check_val_every_n_epoch={epochs}."
+            )
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Sizes, batch sizes, epochs, fractions, the anomaly maps and the resume setting of a training config."""
+    """Sizes, batch sizes, epochs, fractions, the anomaly maps and the resume setting of a training config,
+    and the settings of everything it builds."""
+    check_targets(cfg)
+    _accelerator(cfg)
+    feature_indices(cfg.backbone.name)
     _image_size(cfg)
     _integer(cfg, "datamodule.batch_size", 1)
     _integer(cfg, "datamodule.eval_batch_size", 1, optional=True)
@@ -118,6 +181,7 @@ def check_config(cfg: DictConfig) -> None:
     for stage in cfg.stage.run:
         _integer(cfg, f"{stage}.epochs", 1)
         _integer(cfg, f"protocol.{stage}.min_epochs", 1, optional=True)
+    _evaluated(cfg)
     _fraction(cfg, "datamodule.val_fraction", 0.0, 1.0, closed_low=True, closed_high=False)
     _fraction(cfg, "distill.threshold_quantile", 0.0, 1.0, closed_low=True, closed_high=True)
     _fraction(cfg, "evaluation.fpr_limit", 0.0, 1.0, closed_low=False, closed_high=True)
@@ -140,27 +204,4 @@ def check_config(cfg: DictConfig) -> None:
         )
     wandb = wandb_config(cfg.get("logger"))
     if wandb is not None:
-        check_wandb(bool(wandb.get("offline", False)))
-
-
-def _netrc_has(host: str) -> bool:
-    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
-    try:
-        return path.is_file() and netrc.netrc(path).authenticators(host) is not None
-    except (netrc.NetrcParseError, OSError):
-        return False
-
-
-def check_wandb(offline: bool = False) -> None:
-    """wandb must find credentials (or run offline) without ever showing its interactive login prompt."""
-    if offline or os.environ.get("WANDB_MODE", "").lower() in _WANDB_NO_LOGIN:
-        return
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    if _netrc_has(host):
-        return
-    raise ConfigError(
-        f"logger=wandb found no wandb credentials for {host}; run `wandb login` (or set WANDB_API_KEY), "
-        "set WANDB_MODE=offline to log locally, or pass logger=csv."
-    )
+        check_wandb_login(bool(wandb.get("offline", False)))

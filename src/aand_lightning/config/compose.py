@@ -9,25 +9,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from omegaconf.errors import OmegaConfBaseException
 
-from aand_lightning.config import config_dir
 from aand_lightning.config.checks import ConfigError
+from aand_lightning.config.command_line import compose_checked
 
 
 def _composed(config_name: str, overrides: Sequence[str]) -> DictConfig:
     """`config_name` with the command-line `overrides`, the `hydra` node included."""
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), job_name=config_name, version_base="1.3"):
-            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as error:
-        reason = " ".join(str(error).split())
-        raise ConfigError(f"The overrides {list(overrides)} do not compose: {reason}") from None
+    cfg = compose_checked(config_name, overrides)
     if cfg.hydra.mode == RunMode.MULTIRUN:
         raise ConfigError(
             f"The overrides {list(overrides)} ask for a sweep, and a Python call runs one job; run sweeps "

@@ -5,7 +5,12 @@ request; a file gets its final name only after its checksum matched. Archives ar
 temporary folder next to the target and moved into place with one rename, so a dataset folder is
 either complete or absent (a non-empty target folder counts as installed: it is also what extracting
 by hand gives).
-A lock file per dataset makes parallel jobs download once: the others wait, then find the data.
+A lock file per dataset makes parallel jobs download once: the others wait, then find the data; the
+job holding it removes it when done.
+
+The readers call `fetch_root` with `dataset.download`: `auto` (the default) fetches only into a root
+folder that exists, so a mistyped `dataset.root` stops with a did-you-mean instead of downloading
+gigabytes into a new folder; `true` also creates the root; `false` never fetches.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import http.client
+import os
 import shutil
 import sys
 import tarfile
@@ -21,13 +27,17 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Literal
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
 from aand_lightning.data.catalog import CATALOG, Archive, CatalogEntry, lookup
-from aand_lightning.errors import UserError
+from aand_lightning.data.records import DatasetError
+from aand_lightning.errors import UserError, did_you_mean
+
+Download = bool | Literal["auto"]  # the values of dataset.download
 
 DOWNLOADS = ".downloads"
 ATTEMPTS = 5  # tries per file while each try gets some bytes (a dropped connection resumes)
@@ -71,19 +81,39 @@ def _by_hand(entry: CatalogEntry, target: Path) -> str:
     return f"extract it and move the {entry.folder} folder it holds to {target}"
 
 
+def _still_at(handle: IO[str], path: Path) -> bool:
+    """True while `path` names the file `handle` has open (a finished holder unlinks it)."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), path.stat())
+    except FileNotFoundError:
+        return False
+
+
 @contextlib.contextmanager
 def _locked(path: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive flock on `path`; say so when another job holds it and we wait."""
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"Waiting for another job that is fetching {what} (lock {path}).", file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Hold an exclusive flock on `path`, and remove the file when done so no lock file stays behind.
+
+    The holder unlinks the file before it releases the lock. A job that opened the old file and was
+    waiting on it then holds a lock nobody else sees, so after acquiring it checks that `path` still
+    names the file it locked, and otherwise tries again on the current one.
+    """
+    announced = False
+    while True:
+        with path.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not announced:
+                    print(f"Waiting for another job that is fetching {what} (lock {path}).", file=sys.stderr)
+                    announced = True
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            if not _still_at(handle, path):
+                continue  # closing the handle releases the stale lock
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)
+            return  # closing the handle releases the lock
 
 
 def _file_digest(path: Path, algorithm: str) -> str:
@@ -243,3 +273,34 @@ def fetch_into(
         for archive in archives:
             archive.unlink()
     return target
+
+
+def download_setting(value: object) -> Download:
+    """`value` as a dataset.download setting; readers check it when built, so a typo fails before any work."""
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return "auto"
+    raise DatasetError(f"dataset.download is {value!r}; set it to auto, true or false.")
+
+
+def fetch_root(name: str, root: Path, download: Download) -> None:
+    """Fetch dataset `name` into a reader's `root` if missing or empty, as dataset.download allows.
+
+    `auto` fetches only into a folder that exists (an empty folder the user made counts as asking):
+    a missing root is more likely a typo than a request for gigabytes, so it stops with the closest
+    sibling folder and the setting that fetches. `true` creates the root; `false` never fetches.
+    """
+    if download is False:
+        return
+    if download == "auto" and not root.is_dir():
+        siblings = (
+            [p.name for p in root.parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            if root.parent.is_dir()
+            else []
+        )
+        raise DatasetError(
+            f"dataset.root {root} does not exist{did_you_mean(root.name, sorted(siblings))}; fix it, or "
+            f"pass dataset.download=true to fetch {_entry(name).title} into it."
+        )
+    fetch_into(name, root)

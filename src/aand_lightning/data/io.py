@@ -7,11 +7,10 @@ actionable sentence instead of deep inside a dataloader worker.
 
 from __future__ import annotations
 
-import difflib
 import struct
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from aand_lightning.data.records import DatasetError, Sample
+from aand_lightning.errors import did_you_mean
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 GOOD = "good"
@@ -43,6 +43,11 @@ class CorruptImageError(DatasetError):
             f"Cannot read image {path} ({reason}); replace or remove the file, "
             "or set datamodule.on_corrupt=skip to leave it out."
         )
+
+    @property
+    def skipped(self) -> str:
+        """The warning for a file left out (training's on_corrupt=skip, predict): no training option in it."""
+        return f"Skipping unreadable file {self.path} ({self.reason})."
 
 
 def _decoded(path: Path, convert: Callable[[Image.Image], _T]) -> _T:
@@ -85,21 +90,18 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a mask as bool HxW (> 0), nearest-resized with a warning when it is not `size` (H, W)."""
+    """Read a mask as bool HxW (> 0), nearest-resized when it is not `size` (H, W); `check_samples`
+    reports such masks once, before training."""
     mask = _decoded(path, _mask_array)
     if size is None or mask.shape == tuple(size):
         return mask
-    warnings.warn(
-        f"Mask {path} is {mask.shape[0]}x{mask.shape[1]} but its image is {size[0]}x{size[1]}; "
-        "resized with nearest neighbour.",
-        stacklevel=2,
-    )
     resized = cv2.resize(mask.astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
     return resized > 0
 
 
-def _discard(img: Image.Image) -> None:
-    """Checking an image only needs the decode itself; its kind comes from the header."""
+def _size(img: Image.Image) -> tuple[int, int]:
+    """(H, W): checking an image needs the decode itself and its size; its kind comes from the header."""
+    return img.height, img.width
 
 
 def _conversion(path: Path) -> str | None:
@@ -128,16 +130,21 @@ class _Check:
     error: CorruptImageError | None = None
     conversion: str | None = None
     empty_mask: bool = False
+    sizes: tuple[tuple[int, int], tuple[int, int]] | None = None  # (mask, image) H x W when they differ
 
 
 def _check(sample: Sample) -> _Check:
     """Decode the image, then the mask; stop at the first unreadable file."""
     try:
-        _decoded(sample.image, _discard)
-        empty_mask = sample.mask is not None and not _decoded(sample.mask, _mask_array).any()
+        size = _decoded(sample.image, _size)
+        mask = _decoded(sample.mask, _mask_array) if sample.mask is not None else None
     except CorruptImageError as err:
         return _Check(error=err)
-    return _Check(conversion=_conversion(sample.image), empty_mask=empty_mask)
+    return _Check(
+        conversion=_conversion(sample.image),
+        empty_mask=mask is not None and not mask.any(),
+        sizes=(mask.shape, size) if mask is not None and mask.shape != size else None,
+    )
 
 
 def _note_unmasked(samples: list[Sample]) -> None:
@@ -161,7 +168,7 @@ def _note_unmasked(samples: list[Sample]) -> None:
 
 def _warn_data(checked: list[tuple[Sample, _Check]]) -> None:
     """One warning per anomalous image with an all-zero mask, one for anomalous images without a mask,
-    one for all converted images."""
+    one for all masks of another size than their image, one for all converted images."""
     _note_unmasked([sample for sample, _ in checked])
     for sample, check in checked:
         if check.empty_mask:
@@ -171,6 +178,14 @@ def _warn_data(checked: list[tuple[Sample, _Check]]) -> None:
                 "normal.",
                 stacklevel=3,
             )
+    resized = [(sample.mask, check.sizes) for sample, check in checked if check.sizes]
+    if resized:
+        path, ((mh, mw), (h, w)) = resized[0]
+        warnings.warn(
+            f"{len(resized)} mask(s) differ in size from their images (first: {path} is {mh}x{mw}, its image "
+            f"{h}x{w}); they are resized with nearest neighbour, so check they belong to their images.",
+            stacklevel=3,
+        )
     converted = [(sample.image, check.conversion) for sample, check in checked if check.conversion]
     if converted:
         kinds = ", ".join(f"{count} {kind}" for kind, count in Counter(k for _, k in converted).most_common())
@@ -199,8 +214,7 @@ def check_samples(samples: list[Sample], on_corrupt: str = "error") -> list[Samp
         elif on_corrupt == "error":
             raise check.error
         else:
-            error = check.error
-            warnings.warn(f"Skipping unreadable file {error.path} ({error.reason}).", stacklevel=2)
+            warnings.warn(check.error.skipped, stacklevel=2)
     _warn_data(readable)
     return [sample for sample, _ in readable]
 
@@ -231,12 +245,6 @@ def require_images(folder: Path, fix: str) -> list[Path]:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
         raise DatasetError(f"Folder {folder} holds no images ({suffixes}); {fix}.")
     return images
-
-
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """` (did you mean 'bottle'?)` for the candidate closest to a mistyped `name`, else ""."""
-    close = difflib.get_close_matches(name, [c for c in dict.fromkeys(candidates) if c != name], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def require_root(root: Path, dataset: str, layout: str) -> Path:

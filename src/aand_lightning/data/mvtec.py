@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from aand_lightning.data.catalog import CATALOG
-from aand_lightning.data.download import fetch_into
+from aand_lightning.data.download import Download, download_setting, fetch_root
 from aand_lightning.data.io import category_dir, defect_samples, require_dir, require_images
 from aand_lightning.data.records import Sample, Splits
 
@@ -29,26 +29,25 @@ class MVTecAD:
     """Lists the samples of any category folder in MVTec AD layout; masks are paired by name.
 
     `categories` (MVTec's own, from the config) only feeds the "did you mean" of a missing folder;
-    `download` fetches MVTec AD into `root` when that folder is missing or empty. A reader of another
-    dataset in a per-category layout derives from this one and sets `catalog_name`, `layout` and
-    `_category_splits`.
+    `download` fetches MVTec AD into `root` when it is missing or empty (`"auto"`: only into a folder
+    that exists, see download.fetch_root). A reader of another dataset in a per-category layout
+    derives from this one and sets `catalog_name`, `layout` and `_category_splits`.
     """
 
     catalog_name: ClassVar[str] = "mvtec"  # its catalog entry: what `download` fetches, the title errors name
     layout: ClassVar[str] = LAYOUT
 
     def __init__(
-        self, root: str | Path, category: str, categories: Sequence[str] = (), download: bool = False
+        self, root: str | Path, category: str, categories: Sequence[str] = (), download: Download = False
     ) -> None:
         self.root = Path(root)
         self.category = category
         self.categories = tuple(categories)
-        self.download = download
+        self.download = download_setting(download)
 
     def splits(self) -> Splits:
         """Train (normal) and test samples, sorted by path."""
-        if self.download:
-            fetch_into(self.catalog_name, self.root)
+        fetch_root(self.catalog_name, self.root, self.download)
         title = CATALOG[self.catalog_name].title
         folder = category_dir(self.root, self.category, self.categories, title, self.layout)
         return self._category_splits(folder)

@@ -18,8 +18,9 @@ class MVTec3DRGB(MVTecAD):
     """Lists the RGB samples of any category folder in MVTec 3D-AD layout; xyz point clouds are not read.
 
     `categories` (MVTec 3D-AD's own, from the config) only feeds the "did you mean" of a missing folder;
-    `download` fetches MVTec 3D-AD into `root` when that folder is missing or empty. The constructor
-    and `splits` are MVTecAD's; only the catalog entry and the folder layout differ.
+    `download` fetches MVTec 3D-AD into `root` when it is missing or empty (`"auto"`: only into a folder
+    that exists). The constructor and `splits` are MVTecAD's; only the catalog entry and the folder
+    layout differ.
     """
 
     catalog_name = "mvtec3d"

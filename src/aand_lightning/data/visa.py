@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from aand_lightning.data.download import fetch_into
+from aand_lightning.data.download import Download, download_setting, fetch_root
 from aand_lightning.data.io import did_you_mean, require_root
 from aand_lightning.data.records import DatasetError, Sample, Splits
 
@@ -69,21 +69,24 @@ class VisA:
     """Lists the samples of one VisA category from the 1cls split file (paths relative to root).
 
     VisA has no defect types, so anomalous samples get the defect name "anomaly". `download`
-    fetches VisA into `root` when that folder is missing or empty.
+    fetches VisA into `root` when it is missing or empty (`"auto"`: only into a folder that exists).
     """
 
     def __init__(
-        self, root: str | Path, category: str, split_csv: str | Path | None = None, download: bool = False
+        self,
+        root: str | Path,
+        category: str,
+        split_csv: str | Path | None = None,
+        download: Download = False,
     ) -> None:
         self.root = Path(root)
         self.category = category
         self.split_csv = Path(split_csv) if split_csv else self.root / "split_csv" / "1cls.csv"
-        self.download = download
+        self.download = download_setting(download)
 
     def splits(self) -> Splits:
         """Train (normal) and test samples, sorted by path."""
-        if self.download:
-            fetch_into("visa", self.root)
+        fetch_root("visa", self.root, self.download)
         require_root(self.root, "VisA", LAYOUT)
         all_rows = _read_rows(self.split_csv)
         rows = [(line, row) for line, row in enumerate(all_rows, start=2) if row["object"] == self.category]

@@ -6,20 +6,33 @@ import timm
 import torch
 from torch import nn
 
+from aand_lightning.errors import ModelConfigError, did_you_mean
 from aand_lightning.models.weights import load_into, resolve_state_dict
 
 ENCODER_STRIDES = (4, 8, 16)
 
 
-def _feature_indices(name: str, strides: tuple[int, ...]) -> tuple[int, ...]:
-    """Indices of timm's feature levels at the wanted strides (probed on the meta device: no memory)."""
+def feature_indices(name: str, strides: tuple[int, ...] = ENCODER_STRIDES) -> tuple[int, ...]:
+    """Indices of timm's feature levels at the wanted strides (probed on the meta device: no memory, no
+    weights), so an unknown or unusable `backbone.name` fails in a second, before any data is read."""
+    if not timm.is_model(name):
+        raise ModelConfigError(
+            f"backbone.name={name} is not a timm model{did_you_mean(name, timm.list_models())}; pass a "
+            "backbone= option (e.g. backbone=resnet18) or a name from timm.list_models()."
+        )
     with torch.device("meta"):
-        probe = timm.create_model(name, pretrained=False, features_only=True)
+        try:
+            probe = timm.create_model(name, pretrained=False, features_only=True)
+        except RuntimeError as error:  # e.g. a model timm builds without a features_only form
+            raise ModelConfigError(
+                f"backbone.name={name} has no feature levels in timm ({error}); choose a timm CNN with "
+                "stride-4/8/16 levels (e.g. backbone=resnet18)."
+            ) from None
     reductions = probe.feature_info.reduction()
     missing = [s for s in strides if s not in reductions]
     if missing:
-        raise ValueError(
-            f"Backbone {name!r} has feature strides {reductions}, not {list(strides)}; "
+        raise ModelConfigError(
+            f"backbone.name={name} has feature strides {reductions}, not {list(strides)}; "
             "choose a timm CNN with stride-4/8/16 levels (e.g. backbone=resnet18)."
         )
     return tuple(reductions.index(s) for s in strides)
@@ -43,7 +56,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.name = name
         self.backbone = timm.create_model(
-            name, pretrained=False, features_only=True, out_indices=_feature_indices(name, ENCODER_STRIDES)
+            name, pretrained=False, features_only=True, out_indices=feature_indices(name)
         )
         _drop_unused_stages(self.backbone)
         state_dict = resolve_state_dict(name, weights)

@@ -39,9 +39,16 @@ def user_error(error: BaseException) -> UserError | None:
     return error
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost cause: what went wrong, not the wrapper around it (Hydra's "Error in call to target")."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 def reason(error: BaseException) -> str:
-    """One line: the sentence of a user error, else the exception type and its first line."""
-    error = user_error(error) or error
+    """One line: the sentence of a user error, else the root cause's type and its first line."""
+    error = user_error(error) or root_cause(error)
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return text if isinstance(error, UserError) else f"{type(error).__name__}: {text}".rstrip(": ")
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from aand_lightning.artifacts import amplifier as amplifier_file
 from aand_lightning.artifacts.amplifier_cache import plan_stage1, store_amplifier
 from aand_lightning.callbacks.amplifier_handoff import AmplifierHandoff
-from aand_lightning.callbacks.last_checkpoint import LastCheckpoint, resume_from
+from aand_lightning.callbacks.last_checkpoint import LastCheckpoint, require_resumable, resume_from
 from aand_lightning.config import plain
 from aand_lightning.config.checks import ConfigError, check_config
 from aand_lightning.data.datamodule import AnomalyDataModule
@@ -121,6 +121,8 @@ def run(cfg: DictConfig, run_dir: Path) -> list[dict[str, Any]]:
     """
     check_config(cfg)
     check_optimized_metric(cfg)
+    if cfg.ckpt_path == "last":
+        require_resumable(run_dir)
     (run_dir / FAILED).unlink(missing_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.datamodule)
