@@ -79,6 +79,15 @@ SMOKE = [
 
 
 @pytest.fixture(scope="session")
+def authors_every_epoch() -> tuple[str, ...]:
+    """protocol=authors on runs of a few epochs: evaluated after every epoch, any epoch may be kept."""
+    return (
+        "protocol=authors", "protocol.amplify.every=1", "protocol.amplify.select_after=-1",
+        "protocol.distill.every=1", "protocol.distill.select_after=-1",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def smoke() -> tuple[str, ...]:
     """The overrides of the smallest real training run (CLI tests add data and run-dir paths)."""
     return tuple(SMOKE)

@@ -25,7 +25,7 @@ class _Quiet(SimpleHTTPRequestHandler):
 
 
 @pytest.mark.slow
-def test_paper_benchmark_runs_from_a_served_archive(tmp_path, smoke):
+def test_paper_benchmark_runs_from_a_served_archive(tmp_path, smoke, authors_every_epoch):
     category = ensure_category(tmp_path / "src", "brick", image_size=64)
     served = tmp_path / "served"
     served.mkdir()
@@ -42,8 +42,7 @@ def test_paper_benchmark_runs_from_a_served_archive(tmp_path, smoke):
     root.mkdir(parents=True)  # an empty folder given with --root is fetched into (dataset.download=auto)
     tiny = [
         *[o for o in smoke if not o.startswith("logger=")], "dataset.categories=[brick]",
-        "synthesis.textures=procedural", "protocol.check_val_every_n_epoch=1",
-        "protocol.amplify.min_epochs=null", "protocol.distill.min_epochs=null", f"paths.cache_dir={tmp_path}",
+        "synthesis.textures=procedural", *authors_every_epoch[1:], f"paths.cache_dir={tmp_path}",
     ]  # fmt: skip
     try:
         result = subprocess.run(

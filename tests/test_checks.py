@@ -31,12 +31,12 @@ def _cfg(*overrides: str):
         ("distill.feature_cache.max_gb=-1", "distill.feature_cache.max_gb=-1"),
         ("ckpt_path=/no/such/file.ckpt", "ckpt_path=/no/such/file.ckpt"),
         ("protocol.check_val_every_n_epoch=0", "protocol.check_val_every_n_epoch=0"),
-        ("protocol.distill.min_epochs=0", "protocol.distill.min_epochs=0"),
+        ("protocol=authors protocol.distill.every=0", "protocol.distill.every=0"),
     ],
 )
 def test_bad_value_names_its_key(override, key):
     with pytest.raises(ConfigError) as error:
-        check_config(_cfg(override))
+        check_config(_cfg(*override.split()))
     message = str(error.value)
     assert message.startswith(key) and message.endswith(".") and "\n" not in message
 

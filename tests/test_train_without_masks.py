@@ -74,7 +74,8 @@ def test_the_summary_shows_a_dash_and_one_line_why(unmasked_run):
     _, run_dir = unmasked_run
     table = write_summary(run_dir)
     rows = [line for line in table.splitlines() if line.startswith("| folder | parts |")]
-    assert len(rows) == 4 and all(row.endswith("| – | – | – |") for row in rows), table  # every map
+    # every map: gate and amplification of stage 1; aand, gate and fused of stage 2
+    assert len(rows) == 5 and all(row.endswith("| – | – | – |") for row in rows), table
     assert "folder parts (distill): Pixel metrics are not available: none of the 4" in table
 
 
@@ -99,11 +100,11 @@ def test_with_masks_for_some_pixel_metrics_cover_the_masked_images_counted(
     }
 
 
-def test_the_authors_protocol_needs_every_mask(labelled_folder, train_at):
+def test_the_authors_protocol_needs_every_mask(labelled_folder, train_at, authors_every_epoch):
     from aand_lightning.errors import UserError
 
     with pytest.raises(UserError, match="protocol=authors selects epochs by pixel metrics"):
         train_at(
-            labelled_folder, "authors", "stage=distill", "raa=off", "loss=rd", "protocol=authors",
-            "protocol.check_val_every_n_epoch=1", *_folder(labelled_folder),
+            labelled_folder, "authors", "stage=distill", "raa=off", "loss=rd", *authors_every_epoch,
+            *_folder(labelled_folder),
         )  # fmt: skip

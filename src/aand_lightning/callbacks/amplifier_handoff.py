@@ -11,6 +11,10 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from aand_lightning.artifacts.amplifier import save_amplifier
+from aand_lightning.callbacks.authors_protocol import AuthorsSelection
+
+# A protocol callback that keeps one epoch (its `best_model_path`): the authors' rule, or a user's own.
+Selection = AuthorsSelection | ModelCheckpoint
 
 
 class AmplifierHandoff(Callback):
@@ -22,7 +26,7 @@ class AmplifierHandoff(Callback):
 
     def __init__(self, path: str | Path, backbone: Mapping[str, Any], raa: Mapping[str, Any]) -> None:
         self.path, self.backbone, self.raa = Path(path), dict(backbone), dict(raa)
-        self.selected: ModelCheckpoint | None = None
+        self.selected: Selection | None = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         best = (

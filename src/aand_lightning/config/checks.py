@@ -13,7 +13,8 @@ from hydra.utils import get_object
 from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from aand_lightning.data.synthesis.synthesizer import FRACTIONS, check_fractions
+from aand_lightning.callbacks.authors_protocol import AuthorsRule
+from aand_lightning.data.synthesis.synthesizer import CHOICES, FRACTIONS, check_choices, check_fractions
 from aand_lightning.errors import UserError, did_you_mean
 from aand_lightning.models.aand import OUTPUTS
 from aand_lightning.models.anomaly_map import MapName
@@ -151,18 +152,20 @@ def _accelerator(cfg: DictConfig) -> None:
         )
 
 
-def _evaluated(cfg: DictConfig) -> None:
-    """A protocol that selects an epoch on its evaluations (protocol=authors) needs at least one of them."""
-    every = _value(cfg, "protocol.check_val_every_n_epoch")
-    if not cfg.protocol.get("callbacks"):
-        return
+def _selects(cfg: DictConfig) -> None:
+    """A protocol that keeps an epoch by a rule (protocol=authors) must reach one it can keep."""
     for stage in cfg.stage.run:
-        epochs = _value(cfg, f"{stage}.epochs")
-        if epochs < every:
+        node = cfg.protocol.get(stage)
+        if node is None:
+            continue
+        _integer(cfg, f"protocol.{stage}.every", 1)
+        epochs, rule = _value(cfg, f"{stage}.epochs"), AuthorsRule(**node)
+        if rule.first_selection(epochs) is None:
+            first = rule.first_selection(rule.select_after + rule.every + 1)
             raise ConfigError(
-                f"{stage}.epochs={epochs} ends before protocol={cfg.protocol.name} first evaluates (every "
-                f"{every} epochs), so no epoch would be selected; pass {stage}.epochs>={every} or "
-                f"protocol.check_val_every_n_epoch={epochs}."
+                f"{stage}.epochs={epochs} ends before protocol={cfg.protocol.name} keeps an epoch (the first "
+                f"it can keep is epoch {first}, 0-indexed), so none would be selected; pass "
+                f"{stage}.epochs>={first + 1}."
             )
 
 
@@ -180,13 +183,13 @@ def check_config(cfg: DictConfig) -> None:
     _integer(cfg, "protocol.check_val_every_n_epoch", 1)
     for stage in cfg.stage.run:
         _integer(cfg, f"{stage}.epochs", 1)
-        _integer(cfg, f"protocol.{stage}.min_epochs", 1, optional=True)
-    _evaluated(cfg)
+    _selects(cfg)
     _fraction(cfg, "datamodule.val_fraction", 0.0, 1.0, closed_low=True, closed_high=False)
     _fraction(cfg, "distill.threshold_quantile", 0.0, 1.0, closed_low=True, closed_high=True)
     _fraction(cfg, "evaluation.fpr_limit", 0.0, 1.0, closed_low=False, closed_high=True)
     try:
         check_fractions({key: _value(cfg, f"synthesis.{key}") for key in FRACTIONS})
+        check_choices({key: _value(cfg, f"synthesis.{key}") for key in CHOICES})
     except UserError as error:
         raise ConfigError(str(error)) from None
     _feature_cache(cfg)

@@ -15,12 +15,15 @@ class MapName(str, Enum):
     """The anomaly maps, by the name configs, metrics.json and tables use (`anomaly_map.output`).
 
     aand: the paper's teacher–student map; gate: the RAA gate map (stage 1's detector, and stage 2's
-    with RAA); fused: both joined on normal statistics (models/fused_map.py).
+    with RAA); fused: both joined on normal statistics (models/fused_map.py); amplification: the
+    encoder's features against the amplified ones, the paper's map with the amplified teacher in the
+    student's place (stage 1's test in the authors' code, and their stage-1 stopping metric).
     """
 
     AAND = "aand"
     GATE = "gate"
     FUSED = "fused"
+    AMPLIFICATION = "amplification"
 
     @property
     def scored_by(self) -> MapName:

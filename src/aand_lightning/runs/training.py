@@ -11,13 +11,13 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from aand_lightning.artifacts import amplifier as amplifier_file
 from aand_lightning.artifacts.amplifier_cache import plan_stage1, store_amplifier
-from aand_lightning.callbacks.amplifier_handoff import AmplifierHandoff
+from aand_lightning.callbacks.amplifier_handoff import AmplifierHandoff, Selection
 from aand_lightning.callbacks.last_checkpoint import LastCheckpoint, require_resumable, resume_from
 from aand_lightning.config import plain
 from aand_lightning.config.checks import ConfigError, check_config
@@ -44,7 +44,7 @@ def _fit_and_test(
     name = module.stage_name
     OmegaConf.update(cfg, "current_stage", name)
     protocol = [instantiate(c) for c in cfg.protocol.callbacks.values()]
-    selected = next((c for c in protocol if isinstance(c, ModelCheckpoint)), None)
+    selected = next((c for c in protocol if isinstance(c, Selection)), None)
     for callback in extra:
         callback.selected = selected
     trainer = stage_trainer(
@@ -52,8 +52,7 @@ def _fit_and_test(
         # last: Lightning runs checkpoint callbacks in list order, and last.ckpt must hold the state the
         # others reach at this epoch's end (a ModelCheckpoint may update its best only then)
         last=[*extra, LastCheckpoint(run_dir / name / "checkpoints")],
-        max_epochs=cfg[name].epochs, min_epochs=cfg.protocol[name].min_epochs,
-        check_val_every_n_epoch=cfg.protocol.check_val_every_n_epoch,
+        max_epochs=cfg[name].epochs, check_val_every_n_epoch=cfg.protocol.check_val_every_n_epoch,
     )  # fmt: skip
     datamodule.synthetic_train = module.synthetic_train
     start = time.perf_counter()

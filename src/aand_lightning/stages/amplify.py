@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics.classification import BinaryPrecision
+from torchmetrics import MeanMetric
 
 from aand_lightning.data.batch import Batch
 from aand_lightning.data.preprocessing import Preprocessing
-from aand_lightning.models.anomaly_map import AnomalyMapGenerator, MapName, mean_gate
+from aand_lightning.metrics.gate_precision import gate_precision
+from aand_lightning.models.anomaly_map import AnomalyMapGenerator, MapName, image_scores
 from aand_lightning.models.losses import AmplificationLoss
-from aand_lightning.models.teacher import Teacher, require_raa
+from aand_lightning.models.teacher import Teacher, TeacherFeatures, require_raa
 from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
 
 
@@ -18,8 +19,9 @@ class AnomalyAmplification(AnomalyStage):
     """Trains only the RAA modules; the teacher backbone stays frozen with BN in eval mode.
 
     Training forces the gates (the residual gate is the ground-truth synthetic mask); validation and
-    test use the predicted gate. Its test pass scores images with the gates themselves (mean of
-    the upsampled level gates): a direct measure of how well RAA finds anomalies.
+    test use the predicted gate. Its output map is the gates themselves (mean of the upsampled level
+    gates): a direct measure of how well RAA finds anomalies. The test pass also reports the
+    amplification map (encoder against amplified features), what the authors test stage 1 with.
     """
 
     stage_name = "amplify"
@@ -48,7 +50,7 @@ class AnomalyAmplification(AnomalyStage):
         self.teacher = teacher
         self.loss = loss
         self.anomaly_map = anomaly_map or AnomalyMapGenerator()
-        self.gate_precision = BinaryPrecision(threshold=0.5)  # authors' stage-1 selection (on test)
+        self.gate_precision = MeanMetric()  # the authors' stage-1 selection score, per test image
 
     def trainable(self) -> nn.Module:
         return self.teacher.raa
@@ -79,15 +81,30 @@ class AnomalyAmplification(AnomalyStage):
     def output(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.anomaly_map.gate_map(self.teacher(images).gates, tuple(images.shape[-2:]))
 
+    def map_names(self) -> list[MapName]:
+        return [MapName.GATE, MapName.AMPLIFICATION]
+
+    def _maps(self, out: TeacherFeatures, size: tuple[int, int]) -> dict[MapName, torch.Tensor]:
+        return {
+            MapName.GATE: self.anomaly_map.gate_map(out.gates, size)[0],
+            MapName.AMPLIFICATION: self.anomaly_map(out.features, out.amplified, size)[0],
+        }
+
+    def named_maps(self, images: torch.Tensor) -> dict[MapName, torch.Tensor]:
+        return self._maps(self.teacher(images), tuple(images.shape[-2:]))
+
     def validate_on_test_batch(self, batch: Batch) -> None:
-        """Also the precision of `mean gate > 0.5` against the mask, over every test pixel."""
-        gate = mean_gate(self.teacher(batch.image).gates, tuple(batch.image.shape[-2:]))
-        self.gate_precision.update(gate.flatten(), (batch.mask > 0.5).flatten().long())
-        maps, scores = self.anomaly_map.smooth_and_score(gate)
-        self.val_metrics.update(scores, batch.label, maps[:, 0], batch.mask[:, 0] > 0.5)
+        """The authors' readings: the amplification map's metrics (their stopping metric is its image
+        AUROC) and the gate precision of each test image (their selection score)."""
+        out = self.teacher(batch.image)
+        maps = self._maps(out, tuple(batch.image.shape[-2:]))[MapName.AMPLIFICATION]
+        self.gate_precision.update(
+            gate_precision(out.gates, batch.mask, mask_threshold=self.loss.mask_threshold)
+        )
+        self.val_metrics.update(image_scores(maps), batch.label, maps[:, 0], batch.mask[:, 0] > 0.5)
 
     def selection_score(self, results: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The authors keep the stage-1 epoch with the best gate precision on the test set."""
+        """The authors keep the stage-1 epoch with the best mean gate precision on the test set."""
         precision = self.gate_precision.compute()
         self.gate_precision.reset()
         return precision

@@ -80,6 +80,7 @@ class NormalityDistillation(AnomalyStage):
         self.gate_draws = gate_draws
         self.calibration_data = calibration_data
         self._val_maps: list[dict[MapName, torch.Tensor]] = []
+        self._train_calibrated_at: int | None = None  # the epoch whose weights the train thresholds are of
         self._anomalous_gate_values: dict[str, torch.Tensor] = {}
         self.feature_cache_settings = FeatureCacheSettings(**(feature_cache or {}))
         self.skip_image = skip_image
@@ -143,6 +144,9 @@ class NormalityDistillation(AnomalyStage):
         self._val_maps.append({name: maps.detach() for name, maps in out.maps.items()})
 
     def on_validation_epoch_end(self) -> None:
+        if self.validate_on_test and not self.trainer.sanity_checking:
+            # the authors' protocol may keep this epoch (its callback saves it next): with thresholds
+            self._calibrate_on_train()
         super().on_validation_epoch_end()
         if self._val_maps:
             self._calibrate(self._val_maps, "val")
@@ -184,11 +188,19 @@ class NormalityDistillation(AnomalyStage):
 
     def on_train_epoch_end(self) -> None:
         """The feature cache's checks of this epoch (see `TeacherFeatureCache.verify`); then, in the last
-        epoch without a threshold from normal validation images, fall back to the train images."""
+        epoch (or the one the authors' protocol stops at) without normal validation images, the
+        thresholds from the train images."""
         if self.feature_cache is not None:
             self.feature_cache.verify()
-        last_epoch = self.current_epoch + 1 >= self.trainer.max_epochs
-        if self.calibration_data is None or not last_epoch or not torch.isnan(self.model.threshold):
+        last_epoch = self.current_epoch + 1 >= self.trainer.max_epochs or self.trainer.should_stop
+        stale = self.validate_on_test and self._train_calibrated_at != self.current_epoch
+        if last_epoch and (stale or torch.isnan(self.model.threshold)):
+            self._calibrate_on_train()
+
+    def _calibrate_on_train(self) -> None:
+        """Thresholds (and the fused map's statistics) from the training images, when no normal
+        validation images are held out."""
+        if self.calibration_data is None:
             return
         names = [name for name in self.model.map_names() if name in _COMPONENTS]
         self.model.eval()  # the student's BatchNorm must not update on these images
@@ -199,6 +211,7 @@ class NormalityDistillation(AnomalyStage):
             ]
         self.model.train()
         self._calibrate(maps, "train")
+        self._train_calibrated_at = self.current_epoch
         rank_zero_warn(
             f"No normal validation images: the stored thresholds are the {self.threshold_quantile} "
             "quantile of the training images' scores and maps, and the fused map's statistics come from "
@@ -207,8 +220,9 @@ class NormalityDistillation(AnomalyStage):
         )
 
     def selection_score(self, results: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The authors keep the stage-2 epoch with the best image + pixel AUROC on the test set."""
-        return results["image_auroc"] + results["pixel_auroc"]
+        """The authors keep the stage-2 epoch with the best image + pixel AUROC on the test set, each
+        rounded to 3 digits as their loop prints them."""
+        return results["image_auroc"].round(decimals=3) + results["pixel_auroc"].round(decimals=3)
 
     def output(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images)

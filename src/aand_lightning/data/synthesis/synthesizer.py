@@ -8,7 +8,7 @@ from numbers import Real
 import numpy as np
 
 from aand_lightning.data.synthesis.augmenters import authors_texture_augment
-from aand_lightning.data.synthesis.perlin import perlin_mask
+from aand_lightning.data.synthesis.perlin import NOISE_ROTATIONS, perlin_mask
 from aand_lightning.data.synthesis.textures import TextureSource, make_texture_source
 from aand_lightning.data.transforms import Transform, seeded
 from aand_lightning.errors import UserError
@@ -16,6 +16,13 @@ from aand_lightning.errors import UserError
 # The closed interval of each fraction of the synthesis config; `checks.check_config` checks the
 # config against these before anything is built, and the synthesizer checks its arguments.
 FRACTIONS = {"clean_probability": (0.0, 1.0), "beta_max": (0.0, 1.0)}
+# The values of the settings that reproduce the authors' synthesis (the first of each is ours, the
+# second theirs; `protocol=authors` selects theirs, docs/method.md lists them).
+CHOICES = {
+    "noise_rotation": NOISE_ROTATIONS,
+    "after_max_tries": ("clean", "keep_next_draw"),
+    "texture_channels": ("rgb", "bgr"),
+}
 
 
 def check_fractions(values: Mapping[str, object]) -> None:
@@ -24,6 +31,13 @@ def check_fractions(values: Mapping[str, object]) -> None:
         low, high = FRACTIONS[key]
         if isinstance(value, bool) or not isinstance(value, Real) or not low <= value <= high:
             raise UserError(f"synthesis.{key}={value} is not valid; pass a number in [{low}, {high}].")
+
+
+def check_choices(values: Mapping[str, object]) -> None:
+    """Fail with one sentence naming `synthesis.<key>=<value>` unless each value is one of its CHOICES."""
+    for key, value in values.items():
+        if value not in CHOICES[key]:
+            raise UserError(f"synthesis.{key}={value} is not valid; pass one of {', '.join(CHOICES[key])}.")
 
 
 class AnomalySynthesizer:
@@ -35,6 +49,12 @@ class AnomalySynthesizer:
     (procedural | dtd | folder, see `make_texture_source`); `texture_source.description` names them.
     `texture_augment` (albumentations, on uint8 RGB) augments each texture; None gives the authors'
     (`authors_texture_augment`), `albumentations.NoOp()` none.
+
+    Three settings reproduce the authors' synthesis (CHOICES; ours first): `noise_rotation`
+    (see `perlin_mask`), `after_max_tries` (when max_tries draws leave fewer than min_pixels: "clean"
+    returns the clean image, "keep_next_draw" draws once more and keeps that mask, even empty, as
+    their loop does) and `texture_channels` ("bgr" reverses each texture's channels before it is
+    augmented and blended: the authors read DTD with cv2 and never convert it).
     """
 
     def __init__(
@@ -53,8 +73,18 @@ class AnomalySynthesizer:
         min_pixels: int = 5,
         max_tries: int = 10,
         seed: int = 0,
+        noise_rotation: str = "canvas",
+        after_max_tries: str = "clean",
+        texture_channels: str = "rgb",
     ) -> None:
         check_fractions({"clean_probability": clean_probability, "beta_max": beta_max})
+        check_choices(
+            {
+                "noise_rotation": noise_rotation,
+                "after_max_tries": after_max_tries,
+                "texture_channels": texture_channels,
+            }
+        )
         if max_tries < 1:
             raise ValueError(f"max_tries must be at least 1, got {max_tries}; fix the config.")
         if texture_source is None:
@@ -71,19 +101,31 @@ class AnomalySynthesizer:
         }
         self.min_pixels = min_pixels
         self.max_tries = max_tries
+        self.noise_rotation = noise_rotation
+        self.after_max_tries = after_max_tries
+        self.texture_channels = texture_channels
 
     def anomaly_mask(self, foreground: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-        """Perlin mask AND foreground, redrawn while fewer than min_pixels survive; None after max_tries."""
+        """Perlin mask AND foreground, redrawn while fewer than min_pixels survive; after max_tries
+        such draws None ("clean"), or one more draw, whatever it holds ("keep_next_draw")."""
         height, width = foreground.shape
+
+        def draw() -> np.ndarray:
+            mask = perlin_mask(height, width, rng, noise_rotation=self.noise_rotation, **self.perlin)
+            return mask & foreground
+
         for _ in range(self.max_tries):
-            mask = perlin_mask(height, width, rng, **self.perlin) & foreground
+            mask = draw()
             if np.count_nonzero(mask) >= self.min_pixels:
                 return mask
-        return None
+        return draw() if self.after_max_tries == "keep_next_draw" else None
 
     def texture(self, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-        """A texture of the source, augmented: float32 (height, width, 3) RGB in [0, 1]."""
+        """A texture of the source, augmented: float32 (height, width, 3) in [0, 1], RGB unless
+        texture_channels is "bgr" (then the channels are reversed before the augmentation)."""
         texture = self.texture_source.sample(rng, height, width)
+        if self.texture_channels == "bgr":
+            texture = np.ascontiguousarray(texture[..., ::-1])
         augmented = seeded(self.texture_augment, rng)(image=texture)["image"]
         if augmented.shape != texture.shape or augmented.dtype != np.uint8:
             raise UserError(
