@@ -24,7 +24,8 @@ import torch
 from aupro_speed import make_test_set
 from systems import System, alternate
 
-from aand_lightning.export import check_images, compare, export, runtime
+from aand_lightning.artifacts.exported import runtime
+from aand_lightning.export import check_images, compare, export
 from aand_lightning.metrics.aupro import aupro, label_regions
 from aand_lightning.models.deployed import DeployedModel
 

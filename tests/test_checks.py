@@ -4,7 +4,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from aand_lightning.config import config_dir
-from aand_lightning.config.checks import ConfigError, check_config
+from aand_lightning.config.checks import check_config
+from aand_lightning.errors import ConfigError
 
 
 def _cfg(*overrides: str):

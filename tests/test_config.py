@@ -13,7 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from aand_lightning.config import config_dir, experiments_dir
-from aand_lightning.config.checks import ConfigError, check_config
+from aand_lightning.config.checks import check_config
+from aand_lightning.errors import ConfigError
 from aand_lightning.models.losses import CosineDistillationLoss, HardKnowledgeDistillationLoss
 
 CONF = config_dir()

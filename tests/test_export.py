@@ -10,20 +10,15 @@ import torch
 from PIL import Image
 
 from aand_lightning.artifacts.checkpoint import load_model
-from aand_lightning.data.io import read_image
-from aand_lightning.export import (
-    Difference,
+from aand_lightning.artifacts.exported import (
     ExportError,
     Sidecar,
-    check_images,
-    compare,
     deployed_model,
-    describe,
-    difference,
-    export,
     read_sidecar,
     run_exported,
 )
+from aand_lightning.data.io import read_image
+from aand_lightning.export import Difference, check_images, compare, describe, difference, export
 from aand_lightning.models.anomaly_map import normalized
 from aand_lightning.models.deployed import Deployed
 
@@ -65,10 +60,9 @@ def test_export_command_matches_pytorch_from_uint8(
     assert _printed_difference(result.stdout) < 1e-4 and "mask pixels that differ: 0" in result.stdout
 
     sidecar = read_sidecar(output)
-    assert sidecar == Sidecar(
-        fmt, trained.preprocessing, pytest.approx(threshold), pytest.approx(map_threshold)
-    )
+    assert sidecar == Sidecar(trained.preprocessing, pytest.approx(threshold), pytest.approx(map_threshold))
     description = json.loads(output.with_name(output.name + ".json").read_text())
+    assert description["format"] == fmt
     assert description["input"] == {**description["input"], "name": "image", "dtype": "uint8",
                                     "shape": ["batch", 64, 64, 3]}  # fmt: skip
     assert list(description["outputs"]) == list(Deployed._fields)
@@ -168,7 +162,7 @@ def test_the_sidecar_carries_the_checkpoints_preprocessing_and_both_thresholds(f
     (tmp_path / "fused.onnx.json").write_text(json.dumps(description))
     sidecar = read_sidecar(tmp_path / "fused.onnx")
     stored = (float(trained.model.threshold), float(trained.model.map_threshold))
-    assert sidecar == Sidecar("onnx", trained.preprocessing, *map(pytest.approx, stored))
+    assert sidecar == Sidecar(trained.preprocessing, *map(pytest.approx, stored))
     assert stored[0] != pytest.approx(stored[1])  # the fused map's masks have their own threshold
 
 

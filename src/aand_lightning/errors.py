@@ -1,6 +1,6 @@
 """The one error type users see: bad input (config, data, files) whose message is a sentence naming the fix.
 
-The entry points (`train`, `predict`, `export`) print such an error as that one sentence, without a
+The entry points (`train`, `eval`, `predict`, `export`) print such an error as that one sentence, without a
 traceback, and exit with status 2; `HYDRA_FULL_ERROR=1` shows the traceback as well. Everything else
 is a bug and keeps its traceback.
 """
@@ -13,6 +13,10 @@ from collections.abc import Iterable
 
 class UserError(ValueError):
     """Bad input from the user; `str(error)` is one sentence that says what to pass or fix."""
+
+
+class ConfigError(UserError):
+    """A config value (or a command-line override) that cannot be used; the message names the key."""
 
 
 class ModelConfigError(UserError):

@@ -8,12 +8,12 @@ TorchScript-based one, a fallback for models the dynamo exporter cannot take); O
 deprecated, and Python users run the checkpoint itself. Every export is run on random uint8 images
 (batch 1 and 3) and compared with PyTorch; above `tolerance` it is refused. A JSON sidecar
 (`<file>.json`) holds the preprocessing (the resize stays outside the graph, since it depends on the
-input's size), the thresholds, the input and outputs, and the measured difference.
+input's size), the thresholds, the input and outputs, and the measured difference. Reading the
+sidecar and running the file: `artifacts/exported.py`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Callable
@@ -25,27 +25,25 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from aand_lightning.artifacts.checkpoint import TrainedModel, load_model
+from aand_lightning.artifacts.checkpoint import load_model
+from aand_lightning.artifacts.exported import (
+    FORMATS,
+    OUTPUTS,
+    STATIC_BATCH_NOTE,
+    ExportError,
+    deployed_model,
+    run_exported,
+    runtime_package,
+    sidecar_path,
+)
 from aand_lightning.config.command_line import entry_point
 from aand_lightning.data.preprocessing import Preprocessing
-from aand_lightning.errors import UserError
 from aand_lightning.models.deployed import Deployed, DeployedModel
 from aand_lightning.reporting.failures import user_errors
 
-FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 EXPORTERS = ("dynamo", "legacy")
 INPUT = "image"
-STATIC_BATCH_NOTE = (
-    "Compile the IR for the batch size you run (model.reshape([B, H, W, 3])): with a dynamic batch, "
-    "OpenVINO 2026.4's CPU plugin gave a fused map wrong by 0.9 in this project's tests; at a fixed batch "
-    "it matched PyTorch."
-)
 BATCH = {"images": {0: torch.export.Dim("batch", min=1)}}  # DeployedModel.forward(images)
-OUTPUTS = Deployed._fields  # score, anomaly_map, normalized_score, mask
-
-
-class ExportError(UserError):
-    """The export cannot be made, run or trusted; the message names what to pass."""
 
 
 def suffix(fmt: str) -> str:
@@ -53,65 +51,6 @@ def suffix(fmt: str) -> str:
     if fmt not in FORMATS:
         raise ExportError(f"Unknown export format {fmt!r}; pass format=onnx or format=openvino.")
     return FORMATS[fmt]
-
-
-def format_of(path: Path) -> str:
-    """The format of an exported file, from its suffix."""
-    for fmt, ending in FORMATS.items():
-        if path.suffix == ending:
-            return fmt
-    raise ExportError(f"{path} is no exported model; pass a .onnx or an OpenVINO .xml file.")
-
-
-def sidecar_path(path: Path) -> Path:
-    """`model.onnx` → `model.onnx.json`: sidecars of different formats never clash."""
-    return path.with_name(path.name + ".json")
-
-
-@dataclass(frozen=True)
-class Sidecar:
-    """What an exported file needs beside it: its format, the preprocessing whose resize runs before
-    the graph, and the thresholds baked into the graph (score → decision, map → mask)."""
-
-    format: str
-    preprocessing: Preprocessing
-    threshold: float
-    map_threshold: float
-
-
-def read_sidecar(path: str | Path) -> Sidecar:
-    """The sidecar of the exported file `path`."""
-    json_path = sidecar_path(Path(path))
-    if not json_path.is_file():
-        raise ExportError(f"No sidecar {json_path} beside {path}; export the model again with aand-export.")
-    values = json.loads(json_path.read_text())
-    return Sidecar(
-        values["format"],
-        Preprocessing.from_dict(values["preprocessing"]),
-        values["threshold"],
-        values["map_threshold"],
-    )
-
-
-def deployed_model(
-    trained: TrainedModel, threshold: float | None = None, map_threshold: float | None = None
-) -> DeployedModel:
-    """The checkpoint's model as `DeployedModel`, with the thresholds given in place of the stored ones
-    (`map_threshold` defaults to `threshold`: the paper's map scores an image by its maximum). A
-    threshold that is neither given nor stored is refused: the normalised score and the mask would be
-    NaN and empty."""
-    model = trained.model
-    if threshold is not None:
-        model.threshold.fill_(float(threshold))
-        model.map_threshold.fill_(float(threshold if map_threshold is None else map_threshold))
-    elif map_threshold is not None:
-        model.map_threshold.fill_(float(map_threshold))
-    if torch.isnan(model.threshold) or torch.isnan(model.map_threshold):
-        raise ExportError(
-            "This checkpoint stores no threshold (it saw no normal validation images); pass "
-            "threshold=<score> (and map_threshold=<map value> for masks on another map than the score's)."
-        )
-    return DeployedModel(model, trained.preprocessing.mean, trained.preprocessing.std)
 
 
 def export(
@@ -132,7 +71,7 @@ def export(
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, *image_size, 3, dtype=torch.uint8)
     if fmt == "openvino":
-        ov = _runtime_package("openvino")
+        ov = runtime_package("openvino")
         with torch.no_grad():
             program = _dynamo(lambda: torch.export.export(deployed, (example,), dynamic_shapes=BATCH))
         model = ov.convert_model(program)
@@ -146,7 +85,7 @@ def export(
             axes = {name: {0: "batch"} for name in (INPUT, *OUTPUTS)}
             torch.onnx.export(deployed, (example,), path, dynamo=False, dynamic_axes=axes, **names)
             return path
-        _runtime_package("onnxscript")
+        runtime_package("onnxscript")
         program = _dynamo(
             lambda: torch.onnx.export(
                 deployed, (example,), dynamo=True, dynamic_shapes=BATCH, verbose=False, **names
@@ -173,63 +112,6 @@ def _dynamo(capture: Callable[[], Any]) -> Any:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-def _runtime_package(name: str) -> Any:
-    """Import an optional export package, or say which extra installs it."""
-    try:
-        return __import__(name)
-    except ImportError as error:
-        extra = "openvino" if name == "openvino" else "export"
-        raise ExportError(f"{name} is not installed; pip install 'aand-lightning[{extra}]'.") from error
-
-
-@functools.lru_cache(maxsize=8)
-def runtime(
-    path: str, modified_ns: int = 0, threads: int = 0
-) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """An exported one-input file loaded for the CPU (onnxruntime for .onnx; openvino for .xml, compiled
-    once per input shape: `STATIC_BATCH_NOTE`), in float32 with `threads` intra-op threads (0: the
-    runtime's default): input array → every output by name. Cached per file version (`modified_ns`), so
-    repeated calls reuse the loaded model."""
-    if format_of(Path(path)) == "onnx":
-        onnxruntime = _runtime_package("onnxruntime")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        # no spin-waiting after a run: it took the cores from the Python work between batches (reading,
-        # resizing) and from other sessions, 1.2x slower in a two-model test
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        names, feed = [o.name for o in session.get_outputs()], session.get_inputs()[0].name
-        return lambda images: dict(zip(names, session.run(None, {feed: images}), strict=True))
-    ov = _runtime_package("openvino")
-    core, compiled = ov.Core(), {}
-    model = core.read_model(path)
-    settings = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
-
-    def run(images: np.ndarray) -> dict[str, np.ndarray]:
-        if images.shape not in compiled:  # see STATIC_BATCH_NOTE
-            shaped = model.clone()
-            shaped.reshape({shaped.inputs[0]: ov.PartialShape(list(images.shape))})
-            compiled[images.shape] = core.compile_model(shaped, "CPU", settings)  # f32: not bf16 on AMX
-        result = compiled[images.shape](images)
-        return {output.get_any_name(): result[output] for output in compiled[images.shape].outputs}
-
-    return run
-
-
-def run_exported(path: str | Path, images: np.ndarray) -> Deployed:
-    """Run an exported file (ONNX with onnxruntime, OpenVINO .xml with openvino, by suffix) on uint8 RGB
-    images (B, H, W, 3) at the model's size; a `Deployed` of numpy arrays."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"No exported model at {path}; pass the .onnx or .xml file aand-export wrote.")
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ExportError(
-            f"An exported model takes uint8 RGB images (B, H, W, 3), got {images.dtype} {images.shape}."
-        )
-    outputs = runtime(str(path.resolve()), path.stat().st_mtime_ns)(np.ascontiguousarray(images))
-    return Deployed(*(np.asarray(outputs[name]) for name in OUTPUTS))
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from aand_lightning.artifacts.checkpoint import TrainedModel, load_model
-from aand_lightning.data.io import CorruptImageError, _rgb_array, list_images, read_image
+from aand_lightning.artifacts.exported import deployed_model, read_sidecar, run_exported
+from aand_lightning.data.io import CorruptImageError, list_images, read_image, rgb_array
 from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.errors import UserError
-from aand_lightning.export import deployed_model, read_sidecar, run_exported
 from aand_lightning.models.deployed import Deployed, DeployedModel
 
 # One image or many: a file or folder path, a uint8 HxWx3 RGB array, a PIL image, a CxHxW or BxCxHxW
@@ -111,7 +111,7 @@ def _sources(images: Images) -> list[_Source]:
             )
         return [_Source(lambda: images)]
     if isinstance(images, Image.Image):
-        return [_Source(lambda: _rgb_array(images))]
+        return [_Source(lambda: rgb_array(images))]
     if isinstance(images, torch.Tensor):
         return [_Source(lambda a=array: a) for array in _tensor_images(images)]
     if isinstance(images, Sequence):

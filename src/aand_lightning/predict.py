@@ -5,8 +5,8 @@ image's own size, and a row of `scores.csv` (path, score, threshold, is_anomalou
 chosen by the same rule: the decision on the image score (score > t) and the mask on the map
 (map > t_map). The paper's image score is the maximum of its smoothed map, so for it t_map = t and
 an image is anomalous exactly when its mask is not empty (at the model's size, and at any larger one,
-since masks are enlarged by nearest neighbour). The fused map (`anomaly_map.fusion`) keeps the
-paper's score, so its masks have their own threshold.
+since masks are enlarged by nearest neighbour). The fused map (`anomaly_map.output=fused`, weighted by
+`anomaly_map.fused_weight`) keeps the paper's score, so its masks have their own threshold.
 """
 
 from __future__ import annotations

@@ -42,5 +42,7 @@ def test_cv2_cubic_stays_available_but_is_not_the_default() -> None:
 
 
 def test_unknown_interpolation_names_the_choices() -> None:
-    with pytest.raises(ValueError, match="pil_bicubic, cv2_cubic"):
+    with pytest.raises(
+        ValueError, match=r"set preprocessing\.interpolation to one of pil_bicubic, cv2_cubic"
+    ):
         resize(64, "bicubic")

@@ -1,2 +1,3 @@
 """What runs leave behind and later runs read: the stage-1 amplifier (and its cache), the stage-2
-checkpoint, and the one migration that keeps files of older versions loading."""
+checkpoint, its export (ONNX / OpenVINO with a sidecar), and the one migration that keeps files of older
+versions loading."""

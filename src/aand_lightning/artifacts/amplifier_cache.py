@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
 from aand_lightning.artifacts.amplifier import NAME, in_folder
 from aand_lightning.callbacks.last_checkpoint import LAST
+from aand_lightning.config import plain
 from aand_lightning.data.records import Sample
 
 log = logging.getLogger(__name__)
@@ -52,25 +53,21 @@ def _files_fingerprint(samples: Iterable[Sample]) -> list[tuple[str, int, int]]:
     return [(os.path.relpath(p, base), st.st_size, st.st_mtime_ns) for p, st in stats]
 
 
-def _resolved(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
-
-
 def _stage1_settings(cfg: DictConfig) -> dict[str, Any]:
-    plain = {k: _resolved(cfg[k]) for k in cfg if k not in _NOT_STAGE1 | {"protocol"}}
+    keyed = {k: plain(cfg[k]) for k in cfg if k not in _NOT_STAGE1 | {"protocol"}}
     # The protocol's callbacks are built from its other fields (and name per-run folders): key on those.
-    plain["protocol"] = {k: _resolved(v) for k, v in cfg.get("protocol", {}).items() if k != "callbacks"}
-    plain["datamodule"] = {k: v for k, v in plain["datamodule"].items() if k not in _NOT_STAGE1_DATAMODULE}
-    plain["trainer"] = {k: v for k, v in plain["trainer"].items() if k not in _NOT_STAGE1_TRAINER}
-    plain["evaluation"] = {k: v for k, v in plain.get("evaluation", {}).items() if k != "heatmaps"}
-    plain["anomaly_map"] = {k: v for k, v in plain["anomaly_map"].items() if k not in _NOT_STAGE1_ANOMALY_MAP}
-    plain["dataset"] = {k: v for k, v in plain["dataset"].items() if k not in ("categories", "download")}
-    plain["dataset"]["source"] = {k: v for k, v in plain["dataset"]["source"].items() if k != "download"}
-    if plain["synthesis"].get("textures") != "dtd":  # where DTD would go matters only when it is used
-        plain["synthesis"].pop("dtd_root", None)
-    for copy in ("source", "synthesizer", "augment"):  # the datamodule's copies of top-level nodes
-        plain["datamodule"].pop(copy, None)
-    return plain
+    keyed["protocol"] = {k: plain(v) for k, v in cfg.get("protocol", {}).items() if k != "callbacks"}
+    keyed["datamodule"] = {k: v for k, v in keyed["datamodule"].items() if k not in _NOT_STAGE1_DATAMODULE}
+    keyed["trainer"] = {k: v for k, v in keyed["trainer"].items() if k not in _NOT_STAGE1_TRAINER}
+    keyed["evaluation"] = {k: v for k, v in keyed.get("evaluation", {}).items() if k != "heatmaps"}
+    keyed["anomaly_map"] = {k: v for k, v in keyed["anomaly_map"].items() if k not in _NOT_STAGE1_ANOMALY_MAP}
+    keyed["dataset"] = {k: v for k, v in keyed["dataset"].items() if k not in ("categories", "download")}
+    keyed["dataset"]["source"] = {k: v for k, v in keyed["dataset"]["source"].items() if k != "download"}
+    if keyed["synthesis"].get("textures") != "dtd":  # where DTD would go matters only when it is used
+        keyed["synthesis"].pop("dtd_root", None)
+    for node in ("source", "synthesizer", "augment"):  # the datamodule's copies of top-level nodes
+        keyed["datamodule"].pop(node, None)
+    return keyed
 
 
 def cache_key(cfg: DictConfig, samples: Iterable[Sample]) -> str:

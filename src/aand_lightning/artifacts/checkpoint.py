@@ -15,6 +15,8 @@ from aand_lightning.errors import UserError
 from aand_lightning.models.aand import AAND
 from aand_lightning.models.build import build_aand
 
+# The config sections a stage-2 model is built from, stored in its checkpoint (`TrainedModel.settings`).
+MODEL_SETTINGS = ("backbone", "raa", "anomaly_map")
 STAGE2_HINT = "pass ckpt=<run dir>/distill/checkpoints/last.ckpt (a stage-2 checkpoint)"
 
 
@@ -25,7 +27,7 @@ class CheckpointError(UserError):
 @dataclass
 class TrainedModel:
     """A stage-2 model in eval mode (thresholds included), the preprocessing it was trained with, and
-    the settings it was built from (backbone, raa, anomaly_map)."""
+    the settings it was built from (`MODEL_SETTINGS`: backbone, raa, anomaly_map)."""
 
     model: AAND
     preprocessing: Preprocessing

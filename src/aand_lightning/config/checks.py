@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aand_lightning.callbacks.authors_protocol import AuthorsRule
 from aand_lightning.data.synthesis.synthesizer import CHOICES, FRACTIONS, check_choices, check_fractions
-from aand_lightning.errors import UserError, did_you_mean
+from aand_lightning.errors import ConfigError, UserError, did_you_mean
 from aand_lightning.models.aand import OUTPUTS
 from aand_lightning.models.anomaly_map import MapName
 from aand_lightning.models.encoder import ENCODER_STRIDES, feature_indices
@@ -28,10 +28,6 @@ from aand_lightning.stages.feature_cache import FeatureCacheSettings
 # The student's bottleneck halves the deepest (stride-16) level once more, and its decoder doubles
 # back up: sizes must divide by this for the levels to line up.
 SIZE_MULTIPLE = 2 * max(ENCODER_STRIDES)
-
-
-class ConfigError(UserError):
-    """A config value out of range; the message names the key."""
 
 
 def _value(cfg: DictConfig, key: str) -> Any:

@@ -21,8 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aand_lightning.config import config_dir
-from aand_lightning.config.checks import ConfigError
-from aand_lightning.errors import did_you_mean
+from aand_lightning.errors import ConfigError, did_you_mean
 from aand_lightning.reporting.failures import user_errors
 
 _ABSENT = object()

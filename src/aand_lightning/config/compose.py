@@ -13,8 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from aand_lightning.config.checks import ConfigError
 from aand_lightning.config.command_line import compose_checked
+from aand_lightning.errors import ConfigError
 
 
 def _composed(config_name: str, overrides: Sequence[str]) -> DictConfig:

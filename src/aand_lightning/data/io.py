@@ -65,7 +65,7 @@ def _wide_to_uint8(pixels: np.ndarray) -> np.ndarray:
     return ((np.clip(pixels.astype(np.int64), 0, 65535) + 128) // 257).astype(np.uint8)
 
 
-def _rgb_array(img: Image.Image) -> np.ndarray:
+def rgb_array(img: Image.Image) -> np.ndarray:
     """Any Pillow mode to uint8 RGB; transparent pixels are composited on black."""
     if img.mode in _WIDE_GRAY_MODES:
         return np.repeat(_wide_to_uint8(np.asarray(img))[..., None], 3, axis=-1)
@@ -86,7 +86,7 @@ def _mask_array(img: Image.Image) -> np.ndarray:
 
 def read_image(path: Path) -> np.ndarray:
     """Read an image as uint8 HxWx3 RGB, whatever its mode (grayscale, RGBA, palette, 16-bit)."""
-    return _decoded(path, _rgb_array)
+    return _decoded(path, rgb_array)
 
 
 def read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:

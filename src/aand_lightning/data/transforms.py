@@ -52,7 +52,7 @@ class Resize:
             choices = ", ".join(INTERPOLATIONS)
             raise UserError(
                 f"Unknown interpolation {self.interpolation!r}; "
-                f"set datamodule.interpolation to one of {choices}."
+                f"set preprocessing.interpolation to one of {choices}."
             )
 
     def _pil(self, array: np.ndarray, resample: Image.Resampling) -> np.ndarray:

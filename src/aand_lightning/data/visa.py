@@ -6,8 +6,9 @@ import csv
 from pathlib import Path
 
 from aand_lightning.data.download import Download, download_setting, fetch_root
-from aand_lightning.data.io import did_you_mean, require_root
+from aand_lightning.data.io import require_root
 from aand_lightning.data.records import DatasetError, Sample, Splits
+from aand_lightning.errors import did_you_mean
 
 LAYOUT = "split_csv/1cls.csv, <category>/Data/Images/{Normal,Anomaly} and <category>/Data/Masks/Anomaly"
 COLUMNS = ("object", "split", "label", "image", "mask")

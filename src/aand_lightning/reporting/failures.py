@@ -1,6 +1,6 @@
 """What the entry points do with errors: one sentence for the user's mistakes, a record of every failure.
 
-`train`, `predict` and `export` print a `UserError` as one line on stderr and exit with status 2.
+`train`, `eval`, `predict` and `export` print a `UserError` as one line on stderr and exit with status 2.
 Set `HYDRA_FULL_ERROR=1` to see the traceback instead.
 """
 

@@ -34,12 +34,6 @@ HEADERS = ("image AUROC", "pixel AUROC", "AUPRO@0.3", "per-image PRO")
 NOT_AVAILABLE = "–"  # a metric that could not be computed (pixel metrics without any mask), never a zero
 
 
-def _protocol_label(cfg: DictConfig) -> str:
-    """What the tested model was chosen with, as tables print it."""
-    label = "selected on test" if cfg.protocol.validate_on_test else "no test-set selection"
-    return label if cfg.protocol.name == "clean" else f"{label} ({cfg.protocol.name})"
-
-
 def _peak_memory_mb(module: AnomalyStage) -> dict[str, float]:
     """Peak process RSS (Linux reports KiB) and, on CUDA, peak allocated device memory."""
     peak = {"host_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -63,7 +57,7 @@ def stage_record(
         "raa": cfg.raa.enabled,
         "fpr_limit": cfg.evaluation.fpr_limit,
         "textures": module.textures,
-        "protocol": _protocol_label(cfg),
+        "protocol": cfg.protocol.description,  # what the tested model was chosen with
         "metrics": module.test_results,
         "metrics_by_map": module.test_results_by_map,
         "pixel_coverage": module.test_coverage.record() if module.test_coverage else None,

@@ -13,9 +13,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from aand_lightning.artifacts.checkpoint import TrainedModel, load_model
-from aand_lightning.config.checks import ConfigError, check_config
+from aand_lightning.artifacts.checkpoint import MODEL_SETTINGS, TrainedModel, load_model
+from aand_lightning.config.checks import check_config
 from aand_lightning.data.records import DatasetError
+from aand_lightning.errors import ConfigError
 from aand_lightning.reporting.failures import FAILED
 from aand_lightning.reporting.summary import format_table
 from aand_lightning.runs.stage import METRICS, stage_trainer, test_and_record
@@ -23,12 +24,10 @@ from aand_lightning.runs.training import distill_module
 
 log = logging.getLogger(__name__)
 
-MODEL_KEYS = ("backbone", "raa", "anomaly_map")
-
 
 def use_checkpoint_model(cfg: DictConfig, trained: TrainedModel) -> None:
     """The checkpoint decides the model: its settings and preprocessing replace the config's."""
-    for key in MODEL_KEYS:
+    for key in MODEL_SETTINGS:
         OmegaConf.update(cfg, key, trained.settings[key], merge=False)
     preprocessing = {"_target_": cfg.preprocessing._target_, **trained.preprocessing.to_dict()}
     OmegaConf.update(cfg, "preprocessing", preprocessing, merge=False)

@@ -17,11 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from aand_lightning.artifacts import amplifier as amplifier_file
 from aand_lightning.artifacts.amplifier_cache import plan_stage1, store_amplifier
+from aand_lightning.artifacts.checkpoint import MODEL_SETTINGS
 from aand_lightning.callbacks.amplifier_handoff import AmplifierHandoff, Selection
 from aand_lightning.callbacks.last_checkpoint import LastCheckpoint, require_resumable, resume_from
 from aand_lightning.config import plain
-from aand_lightning.config.checks import ConfigError, check_config
+from aand_lightning.config.checks import check_config
 from aand_lightning.data.datamodule import AnomalyDataModule
+from aand_lightning.errors import ConfigError
 from aand_lightning.models.aand import AAND
 from aand_lightning.models.build import build_aand, build_anomaly_map, build_teacher
 from aand_lightning.reporting.failures import FAILED
@@ -83,7 +85,7 @@ def amplify(
 def distill_module(cfg: DictConfig, model: AAND, datamodule: AnomalyDataModule) -> NormalityDistillation:
     """The stage-2 LightningModule of `model` as the config sets it up: training's, and `eval`'s around a
     checkpoint's model (whose settings the config then holds)."""
-    settings = {key: plain(cfg[key]) for key in ("backbone", "raa", "anomaly_map")}
+    settings = {key: plain(cfg[key]) for key in MODEL_SETTINGS}
     return NormalityDistillation(
         model, instantiate(cfg.loss), instantiate(cfg.distill.optimizer), instantiate(cfg.distill.scheduler),
         preprocessing=datamodule.preprocessing, model_config=settings,

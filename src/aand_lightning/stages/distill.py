@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from aand_lightning.data.batch import Batch
+from aand_lightning.data.datamodule import NormalSplit
 from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.metrics.distributed import gather_uneven
 from aand_lightning.models.aand import AAND, AANDOutput
@@ -18,7 +19,6 @@ from aand_lightning.models.teacher import TeacherFeatures
 from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, SchedulerFactory
 from aand_lightning.stages.feature_cache import FeatureCacheSettings, TeacherFeatureCache
 
-Split = Literal["val", "train"]
 # The maps calibration is measured on (the fused map is derived from them).
 _COMPONENTS = (MapName.AAND, MapName.GATE)
 
@@ -26,9 +26,9 @@ _COMPONENTS = (MapName.AAND, MapName.GATE)
 class CalibrationData(Protocol):
     """Where calibration gets its images (the datamodule offers them; the entry point hands it over)."""
 
-    def normal_images(self, split: Split) -> Iterable[Batch]: ...
+    def normal_images(self, split: NormalSplit) -> Iterable[Batch]: ...
 
-    def synthetic_anomalies(self, split: Split, draws: int) -> Iterable[Batch] | None: ...
+    def synthetic_anomalies(self, split: NormalSplit, draws: int) -> Iterable[Batch] | None: ...
 
 
 class NormalityDistillation(AnomalyStage):
@@ -137,7 +137,7 @@ class NormalityDistillation(AnomalyStage):
         if self.validate_on_test:
             self.validate_on_test_batch(batch)
             return
-        names = [name for name in self.model.map_names() if name in _COMPONENTS]
+        names = self._component_maps()
         out = self.model(batch.image, maps=names, teacher_features=self._teacher_features(batch))
         loss = self.loss(out.teacher_features.amplified, out.student)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
@@ -152,7 +152,11 @@ class NormalityDistillation(AnomalyStage):
             self._calibrate(self._val_maps, "val")
             self._val_maps.clear()
 
-    def _calibrate(self, batches: list[dict[MapName, torch.Tensor]], split: Split) -> None:
+    def _component_maps(self) -> list[MapName]:
+        """The maps of `_COMPONENTS` that the model computes: what validation and calibration measure."""
+        return [name for name in self.model.map_names() if name in _COMPONENTS]
+
+    def _calibrate(self, batches: list[dict[MapName, torch.Tensor]], split: NormalSplit) -> None:
         """From normal images' maps (all ranks): the fused map's statistics and weight, then the thresholds:
         on the image scores, and on the output map's maxima (so that the same share of normal images
         shows a mask). `split` says which normal images they are."""
@@ -170,7 +174,7 @@ class NormalityDistillation(AnomalyStage):
             scores = image_scores(maps[name]).float()
             threshold.fill_(torch.quantile(scores, self.threshold_quantile).item())
 
-    def _anomalous_gate(self, split: Split) -> torch.Tensor | None:
+    def _anomalous_gate(self, split: NormalSplit) -> torch.Tensor | None:
         """Gate-map values inside `gate_draws` synthetic anomalies on each image of the split (the
         validation images are held out from stage 1's training), for the weight of `fused_weight=auto`.
         Measured once per fit and split: the teacher, so the gate, does not change in stage 2. None
@@ -202,7 +206,7 @@ class NormalityDistillation(AnomalyStage):
         validation images are held out."""
         if self.calibration_data is None:
             return
-        names = [name for name in self.model.map_names() if name in _COMPONENTS]
+        names = self._component_maps()
         self.model.eval()  # the student's BatchNorm must not update on these images
         with torch.no_grad():
             maps = [

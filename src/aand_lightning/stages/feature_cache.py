@@ -33,7 +33,10 @@ from aand_lightning.models.teacher import TeacherFeatures
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-Teacher = Callable[[torch.Tensor], TeacherFeatures]
+# What the cache calls for features: `models.teacher.Teacher`, or any callable that maps images alike.
+TeacherFn = Callable[[torch.Tensor], TeacherFeatures]
+# `distill.feature_cache.max_gb=null`: this share of the memory free on the training device.
+DEFAULT_FRACTION = 0.5
 
 
 class FeatureCacheError(UserError):
@@ -44,13 +47,12 @@ class FeatureCacheError(UserError):
 @dataclass(frozen=True)
 class FeatureCacheSettings:
     """`distill.feature_cache` in the config, checked where it is built. `max_gb=None`:
-    `default_fraction` of the memory free on the training device when the store is sized (on the
+    `DEFAULT_FRACTION` of the memory free on the training device when the store is sized (on the
     host: of MemAvailable, split between the processes of this machine)."""
 
     enabled: bool = True
     dtype: str = "float32"
     max_gb: float | None = None
-    default_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -170,7 +172,9 @@ class TeacherFeatureCache:
         for check in checks:
             check.verify()
 
-    def __call__(self, teacher: Teacher, images: torch.Tensor, ids: Sequence[int] | None) -> TeacherFeatures:
+    def __call__(
+        self, teacher: TeacherFn, images: torch.Tensor, ids: Sequence[int] | None
+    ) -> TeacherFeatures:
         """The teacher's features for `images`, the items with sample ids `ids` (None: not reusable)."""
         if self.off or ids is None:
             return _no_grad(teacher, images)
@@ -196,7 +200,7 @@ class TeacherFeatureCache:
         """Size the store on the first batch, or decide (and say once) that the cache stays off."""
         device = like.amplified[0].device
         if self.budget is None:
-            share = self.settings.default_fraction / (self.processes_per_host if device.type == "cpu" else 1)
+            share = DEFAULT_FRACTION / (self.processes_per_host if device.type == "cpu" else 1)
             self.budget = int(free_bytes(device) * share)
         count = len(self.skip_image)
         needed = count * FeatureStore.item_bytes(like, self.dtype)
@@ -205,7 +209,7 @@ class TeacherFeatureCache:
                 "Stage-2 feature cache off: the %d train and validation images need %s (%s), over the %s "
                 "budget (distill.feature_cache.max_gb; default %g of the free %s memory); their teacher "
                 "features are recomputed.", count, _size(needed), self.settings.dtype, _size(self.budget),
-                self.settings.default_fraction, device.type,
+                DEFAULT_FRACTION, device.type,
             )  # fmt: skip
             self.off = True
             return None
@@ -263,7 +267,7 @@ class IndependenceCheck:
 
 
 def independence_check(
-    teacher: Teacher, images: torch.Tensor, probe: Probe, stored: TeacherFeatures, dtype: torch.dtype
+    teacher: TeacherFn, images: torch.Tensor, probe: Probe, stored: TeacherFeatures, dtype: torch.dtype
 ) -> IndependenceCheck:
     """Whether the teacher's output for an image depends on the other images of its batch.
 
@@ -285,6 +289,6 @@ def independence_check(
     return IndependenceCheck(torch.stack(differences).max(), tolerance)
 
 
-def _no_grad(teacher: Teacher, images: torch.Tensor) -> TeacherFeatures:
+def _no_grad(teacher: TeacherFn, images: torch.Tensor) -> TeacherFeatures:
     with torch.no_grad():
         return teacher(images)
