@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOCOL ?= quick
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow lint benchmark bench-speed bench-aupro bench-synthesis clean
+.PHONY: help install demo test test-slow lint benchmark bench-speed bench-aupro bench-synthesis bench-rehearsal clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench-aupro: install ## AUPRO speed: 100 maps of 256x256, ~300 regions, one core
 
 bench-synthesis: install ## Stage-1 synthesis throughput at 256 px
 	$(PY) benchmarks/synthesis_speed.py
+
+bench-rehearsal: install ## Paper recipe, one epoch per stage, on generated MVTec/VisA-sized data: time, memory, cache; REHEARSAL_ARGS=...
+	$(PY) benchmarks/rehearsal.py $(REHEARSAL_ARGS)
 
 clean: ## Remove run outputs (keeps the virtualenv and the generated data)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

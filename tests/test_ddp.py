@@ -11,6 +11,9 @@ import pytest
 
 from aand_lightning.callbacks.last_checkpoint import LAST
 
+# Two-process DDP runs (about a minute of two cores): `make test-slow` runs them.
+pytestmark = pytest.mark.slow
+
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 

@@ -64,6 +64,7 @@ def _kill_while_training(command: list[str], cwd: Path, stage_dir: Path) -> int:
             ],
             [],
             id="rd_selected_on_test",
+            marks=pytest.mark.slow,  # the protocol callback's state in last.ckpt: also test_protocol.py
         ),
         pytest.param(  # the feature cache rebuilt on resume: its metrics are the uncached run's
             ["stage=distill", "raa=off", *LITE0_FULL_EPOCHS],
