@@ -15,8 +15,7 @@ from aand_lightning.data.preprocessing import Preprocessing
 from aand_lightning.data.records import Sample
 from aand_lightning.data.synthesis.foreground import ForegroundCache, ForegroundRule
 from aand_lightning.data.synthesis.synthesizer import AnomalySynthesizer
-from aand_lightning.data.transforms import Transform, is_identity, seeded
-from aand_lightning.errors import UserError
+from aand_lightning.data.transforms import Transform, apply_seeded, is_identity
 
 Mode = Literal["normal", "synthetic", "test"]
 
@@ -135,11 +134,6 @@ class AnomalyDataset(Dataset):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The resized uint8 image, its uint8 mask and bool foreground (if any), augmented together."""
         masks = [mask] if foreground is None else [mask, foreground.astype(np.uint8)]
-        out = seeded(self.augment, rng)(image=image, masks=masks)
-        if out["image"].shape != image.shape or out["image"].dtype != np.uint8:
-            raise UserError(
-                f"augment turned a {image.shape} uint8 training image into a {out['image'].shape} "
-                f"{out['image'].dtype} one; use albumentations ops that keep the size and the uint8 type."
-            )
+        out = apply_seeded(self.augment, rng, ("augment", "training image"), image, masks=masks)
         masks = out["masks"]
         return out["image"], masks[0], None if foreground is None else masks[1].astype(bool)

@@ -108,6 +108,22 @@ def seeded(transform: Transform, rng: np.random.Generator) -> Transform:
     return transform
 
 
+def apply_seeded(
+    transform: Transform, rng: np.random.Generator, what: str, image: np.ndarray, **targets: object
+) -> dict:
+    """`seeded(transform, rng)` applied to a uint8 `image` (and its `targets`, e.g. `masks`); an op
+    that changes the image's size or type stops in one sentence naming the setting `what[0]` and the
+    image `what[1]` (("augment", "training image"), ("synthesis.texture_augment", "texture"))."""
+    out = seeded(transform, rng)(image=image, **targets)
+    if out["image"].shape != image.shape or out["image"].dtype != np.uint8:
+        setting, noun = what
+        raise UserError(
+            f"{setting} turned a {image.shape} uint8 {noun} into a {out['image'].shape} {out['image'].dtype} "
+            "one; use albumentations ops that keep the size and the uint8 type."
+        )
+    return out
+
+
 def is_identity(transform: Transform | None) -> bool:
     """Whether `transform` does nothing: None, or a composition of no ops (`conf/augment/none.yaml`)."""
     return transform is None or (isinstance(transform, A.BaseCompose) and not transform.transforms)

@@ -97,7 +97,7 @@ class AnomalyAmplification(AnomalyStage):
         """The authors' readings: the amplification map's metrics (their stopping metric is its image
         AUROC) and the gate precision of each test image (their selection score)."""
         out = self.teacher(batch.image)
-        maps = self._maps(out, tuple(batch.image.shape[-2:]))[MapName.AMPLIFICATION]
+        maps = self.anomaly_map(out.features, out.amplified, tuple(batch.image.shape[-2:]))[0]
         self.gate_precision.update(
             gate_precision(out.gates, batch.mask, mask_threshold=self.loss.mask_threshold)
         )

@@ -10,7 +10,7 @@ import numpy as np
 from aand_lightning.data.synthesis.augmenters import authors_texture_augment
 from aand_lightning.data.synthesis.perlin import NOISE_ROTATIONS, perlin_mask
 from aand_lightning.data.synthesis.textures import TextureSource, make_texture_source
-from aand_lightning.data.transforms import Transform, seeded
+from aand_lightning.data.transforms import Transform, apply_seeded
 from aand_lightning.errors import UserError
 
 # The closed interval of each fraction of the synthesis config; `checks.check_config` checks the
@@ -126,12 +126,9 @@ class AnomalySynthesizer:
         texture = self.texture_source.sample(rng, height, width)
         if self.texture_channels == "bgr":
             texture = np.ascontiguousarray(texture[..., ::-1])
-        augmented = seeded(self.texture_augment, rng)(image=texture)["image"]
-        if augmented.shape != texture.shape or augmented.dtype != np.uint8:
-            raise UserError(
-                f"synthesis.texture_augment turned a {texture.shape} uint8 texture into a {augmented.shape} "
-                f"{augmented.dtype} one; use ops that keep the size and the uint8 type."
-            )
+        augmented = apply_seeded(
+            self.texture_augment, rng, ("synthesis.texture_augment", "texture"), texture
+        )["image"]
         return augmented.astype(np.float32) * np.float32(1.0 / 255.0)
 
     def __call__(
