@@ -32,7 +32,7 @@ test-slow: install ## Run only the slow tests
 lint: install ## ruff
 	$(VENV)/bin/ruff check src tests benchmarks
 
-benchmark: install ## AAND vs RD baseline under PROTOCOL=quick (demo data, CPU) or paper (BENCH_ARGS="--root mvtec=...")
+benchmark: install ## AAND vs RD baseline under PROTOCOL=quick (demo data, CPU), paper or paper_vit (BENCH_ARGS="--root mvtec=...")
 	$(PY) benchmarks/run.py --protocol $(PROTOCOL) $(BENCH_ARGS)
 
 bench-speed: install ## Speed vs anomalib's RD (own env with anomalib): stage-2 epochs with the feature cache, steps, FLOPs, fast paths; SPEED_ARGS="--device cuda"

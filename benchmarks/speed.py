@@ -16,6 +16,8 @@ beside it holds the numbers. Sections (`--sections`, default all):
 - inference (benchmarks/inference.py): exported models, ours (RD mode and AAND, by
   `aand_lightning.export`) against anomalib's RD exported by anomalib, in onnxruntime and OpenVINO.
 - aupro (benchmarks/inference.py): our AUPRO against anomalib's on 100 maps, values and time.
+- vit: the authors' ViT variant (CLIP ViT-B/16 teacher, ViT decoder student) against the WRN50 path,
+  alternating: stage-1 and stage-2 training steps and inference, as ViT / WRN50 ratios.
 
 The limit (benchmarks/peak.py) is always measured: the best float32 rate over several matmul sizes
 and convolution shapes, and on a CPU the theoretical peak lscpu gives.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import importlib.metadata as md
 import itertools
 import json
@@ -51,6 +54,7 @@ from systems import (
     SYSTEMS,
     Stage1Step,
     System,
+    alternate,
     measure,
     timed,
 )
@@ -232,7 +236,7 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-SECTIONS = ("epochs", "steps", "memory", "inference", "aupro")
+SECTIONS = ("epochs", "steps", "memory", "inference", "aupro", "vit")
 
 
 def steps_section(args, device: torch.device, peak: Peak, headline: list[str]) -> list[str]:
@@ -332,6 +336,45 @@ def steps_section(args, device: torch.device, peak: Peak, headline: list[str]) -
     return [*lines, ""]
 
 
+def vit_section(args, device: torch.device, headline: list[str], report: dict) -> list[str]:
+    """The ViT variant's training steps and inference next to the WRN50 path's, alternating in one run."""
+    systems = {name: System(name, device, args.size) for name in ("ours_aand", "ours_aand_vit")}
+    stage1 = {"ours_aand": Stage1Step(device), "ours_aand_vit": Stage1Step(device, vit=True)}
+    lines = [
+        "## The authors' ViT variant against the WRN50 path",
+        "",
+        "CLIP ViT-B/16 teacher (taps 4/8/12) + ViT decoder student against WideResNet50-2 + RD's student, "
+        f"both AAND, random weights, {args.size} px; median of {args.repeats} alternating calls (min–max). "
+        "Stage 1: the ViT on its predicted gates, WRN50 on forced gates (each recipe's).",
+        "",
+        "| batch | system | stage-1 train img/s | stage-2 train img/s | inference img/s |",
+        "|---|---|---|---|---|",
+    ]
+    report["vit"] = {}
+    for batch in args.batch_sizes:
+        images = torch.randn(batch, 3, args.size, args.size, device=device)
+        mask = (torch.rand(batch, 1, args.size, args.size, device=device) > 0.9).float()
+        calls = {n: functools.partial(step, images, mask) for n, step in stage1.items()}
+        s1 = alternate(calls, args.repeats, device)
+        train = measure(systems, images, args.repeats, "train", device)
+        infer = measure(systems, images, args.repeats, "infer", device)
+        rates = {name: {kind: batch / statistics.median(times[name])
+                        for kind, times in (("stage1", s1), ("stage2", train), ("infer", infer))}
+                 for name in systems}  # fmt: skip
+        for name in systems:
+            r = rates[name]
+            lines.append(f"| {batch} | {name} | {r['stage1']:.2f} ({_stat(s1[name])}) | {r['stage2']:.2f} "
+                         f"({_stat(train[name])}) | {r['infer']:.2f} ({_stat(infer[name])}) |")  # fmt: skip
+        ratio = {k: rates["ours_aand_vit"][k] / rates["ours_aand"][k] for k in ("stage1", "stage2", "infer")}
+        report["vit"][batch] = {"img_per_s": rates, "vit_over_wrn50": ratio}
+        headline.append(
+            f"- Batch {batch}, ViT variant / WRN50 path, images per second: stage-1 step "
+            f"**{ratio['stage1']:.2f}**, stage-2 step **{ratio['stage2']:.2f}**, "
+            f"inference **{ratio['infer']:.2f}**."
+        )
+    return [*lines, "", "Ratios > 1: the ViT variant is faster.", ""]
+
+
 def memory_section(args, names: list[str]) -> list[str]:
     lines = [f"## Peak memory of one step (batch {args.batch_sizes[0]}, fresh process each)", "",
              "| system | train step MB | inference MB |", "|---|---|---|"]  # fmt: skip
@@ -396,6 +439,8 @@ def main() -> None:
         body += inference_section(args, headline, report)
     if "aupro" in args.sections:
         body += aupro_section(args, headline, report)
+    if "vit" in args.sections:
+        body += vit_section(args, device, headline, report)
     body.append(
         f"Peak RSS of this whole run: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB."
     )

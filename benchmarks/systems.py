@@ -28,6 +28,12 @@ ANOMALY_MAP = config_file("train.yaml")["anomaly_map"]
 # ours_rd_w64: our RD with anomalib's 64-wide bottleneck (RD's own is 128-wide), to compare equal FLOPs
 SYSTEMS = ("ours_rd", "ours_rd_w64", "ours_aand", "anomalib_rd")
 WRN50_W64 = {**WRN50, "student": {**WRN50["student"], "bottleneck_width_per_group": 64}}
+# The authors' ViT variant (ours_aand_vit): CLIP ViT-B/16 teacher, ViT decoder student, random weights
+CLIP_VIT = {
+    **{k: v for k, v in config_file("backbone/clip_vit_b16.yaml").items() if k != "defaults"},
+    "weights": "none", "student": config_file("student/vit_decoder.yaml"),
+}  # fmt: skip
+BACKBONES = {"ours_rd": WRN50, "ours_rd_w64": WRN50_W64, "ours_aand": WRN50, "ours_aand_vit": CLIP_VIT}
 
 
 def sync(device: torch.device) -> None:
@@ -72,9 +78,8 @@ class System:
         self.device = device
         torch.manual_seed(0)
         if name.startswith("ours"):
-            raa = {**RAA, "enabled": name == "ours_aand"}
-            backbone = WRN50_W64 if name == "ours_rd_w64" else WRN50
-            self.model = build_aand(backbone, raa, ANOMALY_MAP).to(device)
+            raa = {**RAA, "enabled": name.startswith("ours_aand")}
+            self.model = build_aand(BACKBONES[name], raa, ANOMALY_MAP).to(device)
             self.loss = HardKnowledgeDistillationLoss() if raa["enabled"] else CosineDistillationLoss()
             params = self.model.student.parameters()
         else:
@@ -134,18 +139,20 @@ class System:
 
 
 class Stage1Step:
-    """Stage 1's training step (gates forced by the synthetic mask) with a fresh WRN50 teacher."""
+    """Stage 1's training step with a fresh teacher: WRN50 with the gates forced by the synthetic mask,
+    or (`vit`) the CLIP ViT on its predicted gates, as the authors' ViT variant trains."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, vit: bool = False) -> None:
         torch.manual_seed(0)
-        self.teacher = build_teacher(WRN50, RAA).to(device).eval()
+        self.teacher = build_teacher(CLIP_VIT if vit else WRN50, RAA).to(device).eval()
+        self.forcing = not vit
         self.loss = AmplificationLoss()
         self.optimizer = configured_optimizer("amplify", self.teacher.raa.parameters())
 
     def __call__(
         self, images: torch.Tensor, mask: torch.Tensor, foreground: torch.Tensor | None = None
     ) -> None:
-        out = self.teacher(images, mask, forcing=True, mask_threshold=self.loss.mask_threshold)
+        out = self.teacher(images, mask, forcing=self.forcing, mask_threshold=self.loss.mask_threshold)
         loss = self.loss(out, foreground)["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

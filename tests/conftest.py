@@ -78,6 +78,32 @@ SMOKE = [
 ]  # fmt: skip
 
 
+# The authors' ViT variant at test size: a CLIP-layout ViT of 3 blocks, 64 wide, 2 heads, random weights,
+# tapped after blocks 1/2/3; the ViT decoder student of 3 blocks (2 heads), matched to them.
+VIT_TINY = [
+    "backbone=clip_vit_b16", "backbone.weights=none", "backbone.taps=[1,2,3]",
+    "backbone.model_args={depth: 3, embed_dim: 64, num_heads: 2}",
+    "backbone.student.taps=[1,2,3]", "backbone.student.num_heads=2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def vit_tiny() -> tuple[str, ...]:
+    return tuple(VIT_TINY)
+
+
+@pytest.fixture(scope="session")
+def vit_run(tmp_path_factory) -> Path:
+    """Both stages of the ViT variant on the smoke run, stage 1 on its predicted gate (the recipe's)."""
+    _, run_dir = train_here(tmp_path_factory.mktemp("vit"), "run", *VIT_TINY, "amplify.teacher_forcing=false")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def vit_checkpoint(vit_run) -> Path:
+    return vit_run / "distill" / "checkpoints" / "last.ckpt"
+
+
 @pytest.fixture(scope="session")
 def authors_every_epoch() -> tuple[str, ...]:
     """protocol=authors on runs of a few epochs: evaluated after every epoch, any epoch may be kept."""

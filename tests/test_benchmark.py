@@ -2,6 +2,7 @@
 in MVTec layout on 127.0.0.1), both selections run next to RD mode, and the report has the gains."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from aand_lightning.config.checks import check_config
+from aand_lightning.config.command_line import compose_checked
 from aand_lightning.data.demo import ensure_category
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +64,23 @@ def test_paper_benchmark_runs_from_a_served_archive(tmp_path, smoke, authors_eve
         assert f"## mvtec (`experiment=paper_mvtec`), {label}" in report
     assert report.count("| brick | AAND |") == 2 and report.count("| brick | RD (RAA off) |") == 2
     assert report.count("the paper reports image AUROC +1.0, PRO +1.0") == 2
+
+
+@pytest.mark.parametrize("dataset", ["mvtec", "visa", "mvtec3d"])
+def test_the_vit_benchmark_composes_every_run_it_makes(dataset, tmp_path):
+    """`make benchmark PROTOCOL=paper_vit`: each system's and selection's command line composes to the
+    ViT recipe on the dataset and passes the config checks (the runs themselves need the data and
+    OpenAI's weights: the paper benchmark above runs the same script end to end)."""
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    experiment = bench.PROTOCOLS["paper_vit"][dataset]
+    for system in bench.SYSTEMS:
+        for _, selection in bench.SELECTIONS["paper_vit"]:
+            overrides = bench.train_overrides(
+                system, experiment, dataset, tmp_path, [*selection, "trainer=cpu"]
+            )
+            cfg = compose_checked("train", overrides, sweep=True)
+            check_config(cfg)
+            assert cfg.dataset.name == dataset and cfg.backbone.family == "vit" and cfg.seed == 111
+            assert cfg.backbone.student.kind == "vit_decoder"

@@ -23,8 +23,13 @@ from aand_lightning.models.anomaly_map import normalized
 from aand_lightning.models.deployed import Deployed
 
 OPENVINO = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
-FORMATS = ["onnx", pytest.param("openvino", marks=OPENVINO)]
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml"}
+# every format for the CNN checkpoints; the ViT variant's through ONNX (the same export code)
+CHECKPOINTS = ("stage2_checkpoint", "fused_checkpoint")
+EXPORTS = [
+    *(pytest.param(c, "onnx", id=f"{c}-onnx") for c in (*CHECKPOINTS, "vit_checkpoint")),
+    *(pytest.param(c, "openvino", marks=OPENVINO, id=f"{c}-openvino") for c in CHECKPOINTS),
+]
 
 
 def _printed_difference(stdout: str) -> float:
@@ -37,8 +42,7 @@ def _demo_images(demo_root, trained, count: int = 3) -> np.ndarray:
     return np.stack([trained.preprocessing(read_image(path))[0] for path in paths])
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("checkpoint", ["stage2_checkpoint", "fused_checkpoint"])
+@pytest.mark.parametrize(("checkpoint", "fmt"), EXPORTS)
 def test_export_command_matches_pytorch_from_uint8(
     checkpoint, fmt, request, cli_in_process, demo_root, tmp_path
 ):

@@ -56,6 +56,9 @@ def _kill_while_training(command: list[str], cwd: Path, stage_dir: Path) -> int:
     [
         pytest.param(["stage=all"], [], id="stage_all"),
         pytest.param(
+            ["stage=all", "vit_tiny"], [], id="vit_stage_all"
+        ),  # the ViT variant (conftest.VIT_TINY)
+        pytest.param(
             [
                 "stage=distill",
                 "raa=off",
@@ -74,13 +77,10 @@ def _kill_while_training(command: list[str], cwd: Path, stage_dir: Path) -> int:
     ],
 )
 def test_run_killed_in_each_stage_resumes_to_the_same_metrics(
-    overrides, reference_only, tmp_path, cli_arguments, train_at, caplog, authors_every_epoch
+    overrides, reference_only, tmp_path, cli_arguments, train_at, caplog, authors_every_epoch, vit_tiny
 ):
-    overrides = [
-        o
-        for override in overrides
-        for o in (authors_every_epoch if override == "protocol=authors" else [override])
-    ]
+    expand = {"protocol=authors": authors_every_epoch, "vit_tiny": vit_tiny}
+    overrides = [o for override in overrides for o in expand.get(override, [override])]
     _, reference_dir = train_at(tmp_path, "reference", *_overrides(*overrides, *reference_only))
     resumed_dir = tmp_path / "resumed"
     command = [

@@ -16,9 +16,9 @@ from skimage import data
 
 from aand_lightning.models.weights import (
     WeightsUnavailableError,
-    imagenet_state_dict,
     load_into,
     load_weights_file,
+    pretrained_state_dict,
     resolve_state_dict,
 )
 
@@ -28,7 +28,7 @@ ESPRESSO, TABBY, TIGER_CAT, EGYPTIAN_CAT = 967, 281, 282, 285
 
 @pytest.fixture(scope="module")
 def lite0_weights() -> dict[str, torch.Tensor]:
-    return imagenet_state_dict(LITE0)
+    return pretrained_state_dict(LITE0)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_imagenet_fails_fast_without_network_or_cache(empty_caches, monkeypatch)
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     start = time.perf_counter()
     with pytest.raises(WeightsUnavailableError, match=r"backbone\.weights=none"):
-        imagenet_state_dict("resnet18")
+        pretrained_state_dict("resnet18")
     assert time.perf_counter() - start < 15
 
 
@@ -149,7 +149,7 @@ def test_imagenet_uses_the_torch_hub_cache(empty_caches):
     cached = timm.create_model("resnet18", pretrained=False).state_dict()
     (empty_caches / "checkpoints").mkdir(parents=True)
     torch.save(cached, empty_caches / "checkpoints" / url.rsplit("/", 1)[-1])
-    loaded = imagenet_state_dict("resnet18")
+    loaded = pretrained_state_dict("resnet18")
     assert all(torch.equal(loaded[k], v) for k, v in cached.items())
 
 

@@ -16,7 +16,7 @@ from aand_lightning.artifacts.migrate import migrate_settings, migrate_teacher_s
 from aand_lightning.artifacts.torch_file import load_torch_file
 from aand_lightning.config import backbone_override
 from aand_lightning.errors import UserError
-from aand_lightning.models.build import build_teacher
+from aand_lightning.models.build import TEACHER_KEYS, build_teacher
 from aand_lightning.models.teacher import Teacher
 
 FORMAT = "aand-amplifier/3"
@@ -43,7 +43,7 @@ def save_amplifier(
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
-        "backbone": {"name": backbone["name"], "weights": backbone.get("weights")},
+        "backbone": {key: backbone[key] for key in TEACHER_KEYS if key in backbone},
         "raa": dict(raa),
         "textures": textures,
         "state_dict": teacher.state_dict(),
@@ -94,6 +94,13 @@ def check_compatible(payload: Mapping[str, Any], backbone: Mapping[str, Any], ra
             f"The amplifier at {path} was trained with {theirs}, but this run uses {ours}; "
             f"pass {theirs} or an amplifier trained with {ours}."
         )
+    for key in ("taps", "model_args"):  # a ViT teacher's shape (absent for CNNs)
+        theirs, ours = payload["backbone"].get(key), backbone.get(key)
+        if theirs != ours:
+            raise AmplifierError(
+                f"The amplifier at {path} was trained with backbone.{key}={theirs}, but this run sets "
+                f"backbone.{key}={ours}; pass backbone.{key}={theirs} or an amplifier trained with {ours}."
+            )
     for key in sorted(set(payload["raa"]) | set(raa)):
         theirs, ours = payload["raa"].get(key), raa.get(key)
         if theirs != ours:

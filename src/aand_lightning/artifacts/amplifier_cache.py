@@ -61,6 +61,7 @@ def _stage1_settings(cfg: DictConfig) -> dict[str, Any]:
     keyed["trainer"] = {k: v for k, v in keyed["trainer"].items() if k not in _NOT_STAGE1_TRAINER}
     keyed["evaluation"] = {k: v for k, v in keyed.get("evaluation", {}).items() if k != "heatmaps"}
     keyed["anomaly_map"] = {k: v for k, v in keyed["anomaly_map"].items() if k not in _NOT_STAGE1_ANOMALY_MAP}
+    keyed["backbone"] = {k: v for k, v in keyed["backbone"].items() if k != "student"}  # stage 2's
     keyed["dataset"] = {k: v for k, v in keyed["dataset"].items() if k not in ("categories", "download")}
     keyed["dataset"]["source"] = {k: v for k, v in keyed["dataset"]["source"].items() if k != "download"}
     if keyed["synthesis"].get("textures") != "dtd":  # where DTD would go matters only when it is used

@@ -28,7 +28,7 @@ _MODEL_KEYS = {"teacher.teacher.": "teacher.encoder.", "fusion.": "fused_map."}
 def _student_defaults(name: str) -> dict[str, Any]:
     """`student` of the backbone option for the timm `name` (e.g. wide_resnet50_2.tv_in1k); {} if none."""
     option = backbone_option(name)
-    return option[1]["student"] if option else {}
+    return option[1].get("student", {}) if option else {}
 
 
 def _anomaly_map(stored: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,10 +56,13 @@ def migrate_settings(model: Mapping[str, Any]) -> dict[str, Any]:
     filled = dict(model)
     if "raa" in model:
         filled["raa"] = {**config_file("raa/default.yaml"), **model["raa"]}
+    if "backbone" in model:  # before the ViT variant every teacher was a CNN with RD's student
+        filled["backbone"] = {"family": "cnn", **model["backbone"]}
     if "student" in model.get("backbone", {}):
-        backbone = model["backbone"]
+        backbone = filled["backbone"]
         student = {_STUDENT_RENAMES.get(k, k): v for k, v in backbone["student"].items()}
-        filled["backbone"] = {**backbone, "student": {**_student_defaults(backbone["name"]), **student}}
+        student = {"kind": "rd", **_student_defaults(backbone["name"]), **student}
+        filled["backbone"] = {**backbone, "student": student}
     if "anomaly_map" in model:  # a stage-2 checkpoint's model_config
         train = config_file("train.yaml")
         filled["anomaly_map"] = _anomaly_map(model["anomaly_map"], train["anomaly_map"])

@@ -25,7 +25,8 @@ class AuthorsRule:
     """One stage's rule, epochs 0-indexed. Evaluated after epochs `every - 1, 2·every - 1, ...` (and
     after the first with `evaluate_first`); an evaluation past `select_after` keeps the epoch if its
     selection score beats the best; one past `stop_after` whose image AUROC, rounded to `digits`, is
-    above `stop_above` ends the stage."""
+    above `stop_above` ends the stage. Stage 2's selection score is the sum of the test metrics
+    `select_on`, each rounded to `digits` (stage 1's is the gate precision, `select_on` unused)."""
 
     every: int = 5
     evaluate_first: bool = False
@@ -33,6 +34,10 @@ class AuthorsRule:
     stop_after: int = 30
     stop_above: float = 0.999
     digits: int = 3
+    select_on: tuple[str, ...] = ("image_auroc", "pixel_auroc")
+
+    def __post_init__(self) -> None:  # a config's list becomes plain strings (checkpoints load weights_only)
+        object.__setattr__(self, "select_on", tuple(str(name) for name in self.select_on))
 
     def evaluates(self, epoch: int) -> bool:
         return (self.evaluate_first and epoch == 0) or (epoch + 1) % self.every == 0

@@ -18,7 +18,8 @@ from aand_lightning.data.synthesis.synthesizer import CHOICES, FRACTIONS, check_
 from aand_lightning.errors import ConfigError, UserError, did_you_mean
 from aand_lightning.models.aand import OUTPUTS
 from aand_lightning.models.anomaly_map import MapName
-from aand_lightning.models.encoder import ENCODER_STRIDES, feature_indices
+from aand_lightning.models.build import check_backbone
+from aand_lightning.models.encoder import ENCODER_STRIDES
 from aand_lightning.models.fused_map import parse_weight
 from aand_lightning.models.teacher import require_raa
 from aand_lightning.reporting.loggers import wandb_config
@@ -170,7 +171,7 @@ def check_config(cfg: DictConfig) -> None:
     and the settings of everything it builds."""
     check_targets(cfg)
     _accelerator(cfg)
-    feature_indices(cfg.backbone.name)
+    check_backbone(cfg.backbone)
     _image_size(cfg)
     _integer(cfg, "datamodule.batch_size", 1)
     _integer(cfg, "datamodule.eval_batch_size", 1, optional=True)

@@ -12,6 +12,7 @@ from torch import nn
 
 from aand_lightning.models.encoder import Encoder
 from aand_lightning.models.raa import RAASettings, ResidualAnomalyAmplifier, forced_gate
+from aand_lightning.models.vit_encoder import ViTEncoder
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Teacher(nn.Module):
     levels see; only the targets handed to the student are amplified.
     """
 
-    def __init__(self, encoder: Encoder, raa: RAASettings) -> None:
+    def __init__(self, encoder: Encoder | ViTEncoder, raa: RAASettings) -> None:
         super().__init__()
         self.encoder = encoder
         self.amplifies = raa.enabled

@@ -1,6 +1,7 @@
 """Encoder (backbone) weights from where they can be had offline: a pip package, a local cache, or a file.
 
-The encoder is a timm `features_only` CNN. Its ImageNet weights normally come from the Hugging Face
+The encoder is a timm `features_only` CNN (or a CLIP ViT, `vit_encoder.py`). Its pretrained weights
+(ImageNet; OpenAI's for CLIP) normally come from the Hugging Face
 hub, which this machine (and many clusters) cannot reach, and timm's own download then retries for
 about 50 seconds before failing. So this module looks in the local caches first, probes the network
 briefly before any download, and ships EfficientNet-Lite0 weights through the
@@ -58,17 +59,22 @@ class WeightsUnavailableError(UserError):
     """Requested teacher weights cannot be obtained here; the message says what to pass instead."""
 
 
+# `backbone.weights` values meaning "the pretrained weights timm registers under the model's name"
+# (ImageNet for the CNNs, OpenAI's CLIP for the ViT teacher).
+PRETRAINED = ("imagenet", "openai")
+
+
 def resolve_state_dict(model_name: str, weights: str | None) -> StateDict | None:
     """Turn the `backbone.weights` setting into a state dict (None means keep the random init)."""
     if weights is None or weights.lower() == "none":
         return None
-    if weights.lower() == "imagenet":
-        return imagenet_state_dict(model_name)
+    if weights.lower() in PRETRAINED:
+        return pretrained_state_dict(model_name)
     return load_weights_file(weights)
 
 
-def imagenet_state_dict(model_name: str) -> StateDict:
-    """Full-model ImageNet state dict in timm's key naming, without a network when possible."""
+def pretrained_state_dict(model_name: str) -> StateDict:
+    """Full-model pretrained state dict in timm's key naming, without a network when possible."""
     if split_model_name_tag(model_name)[0] == _LITE0_ARCH:
         return _package_lite0_state_dict()
     return _timm_state_dict(model_name)
@@ -82,8 +88,8 @@ def load_weights_file(path: str | Path) -> StateDict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsUnavailableError(
-            f"Weights file {path} does not exist; pass backbone.weights=imagenet, backbone.weights=none "
-            "or the path of an existing .pth/.safetensors file."
+            f"Weights file {path} does not exist; pass backbone.weights=imagenet (openai for CLIP), "
+            "backbone.weights=none or the path of an existing .pth/.safetensors file."
         )
     try:
         state_dict = load_state_dict(str(path), weights_only=True)
@@ -160,7 +166,7 @@ def _timm_state_dict(model_name: str) -> StateDict:
     cached = _cached_file(cfg)
     if cached is None and not _reachable(_download_url(cfg)):
         raise WeightsUnavailableError(
-            f"ImageNet weights for {model_name} cannot be downloaded here "
+            f"Pretrained weights for {model_name} cannot be downloaded here "
             f"(no network, not in the local cache); {_HINT}."
         )
     overlay = {"file": str(cached)} if cached else None
@@ -168,7 +174,7 @@ def _timm_state_dict(model_name: str) -> StateDict:
         model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay)
     except OSError as err:
         raise WeightsUnavailableError(
-            f"Downloading ImageNet weights for {model_name} failed ({type(err).__name__}); {_HINT}."
+            f"Downloading pretrained weights for {model_name} failed ({type(err).__name__}); {_HINT}."
         ) from err
     return model.state_dict()
 

@@ -19,6 +19,7 @@ from aand_lightning.artifacts import amplifier as amplifier_file
 from aand_lightning.artifacts.amplifier_cache import plan_stage1, store_amplifier
 from aand_lightning.artifacts.checkpoint import MODEL_SETTINGS
 from aand_lightning.callbacks.amplifier_handoff import AmplifierHandoff, Selection
+from aand_lightning.callbacks.authors_protocol import AuthorsRule
 from aand_lightning.callbacks.last_checkpoint import LastCheckpoint, require_resumable, resume_from
 from aand_lightning.config import plain
 from aand_lightning.config.checks import check_config
@@ -74,7 +75,7 @@ def amplify(
         instantiate(cfg.amplify.optimizer), instantiate(cfg.amplify.scheduler),
         anomaly_map=build_anomaly_map(cfg.anomaly_map), preprocessing=datamodule.preprocessing,
         fpr_limit=cfg.evaluation.fpr_limit, validate_on_test=cfg.protocol.validate_on_test, seed=cfg.seed,
-        **cfg.performance,
+        teacher_forcing=cfg.amplify.teacher_forcing, **cfg.performance,
     )  # fmt: skip
     # read here, in the main process: a DTD source fetches its images now (progress bar, one-line error)
     module.textures = datamodule.synthesizer.texture_source.description
@@ -86,13 +87,15 @@ def distill_module(cfg: DictConfig, model: AAND, datamodule: AnomalyDataModule) 
     """The stage-2 LightningModule of `model` as the config sets it up: training's, and `eval`'s around a
     checkpoint's model (whose settings the config then holds)."""
     settings = {key: plain(cfg[key]) for key in MODEL_SETTINGS}
+    rule = cfg.protocol.get("distill")  # the authors' loop: what it keeps epochs by
+    selection = {} if rule is None else {"selection_metrics": tuple(AuthorsRule(**rule).select_on)}
     return NormalityDistillation(
         model, instantiate(cfg.loss), instantiate(cfg.distill.optimizer), instantiate(cfg.distill.scheduler),
         preprocessing=datamodule.preprocessing, model_config=settings,
         threshold_quantile=cfg.distill.threshold_quantile, gate_draws=cfg.distill.gate_draws,
         calibration_data=datamodule, feature_cache=plain(cfg.distill.feature_cache),
         skip_image=datamodule.skip_image, fpr_limit=cfg.evaluation.fpr_limit,
-        validate_on_test=cfg.protocol.validate_on_test, **cfg.performance,
+        validate_on_test=cfg.protocol.validate_on_test, **selection, **cfg.performance,
     )  # fmt: skip
 
 

@@ -18,7 +18,8 @@ from aand_lightning.stages.base import AnomalyStage, OptimizerFactory, Scheduler
 class AnomalyAmplification(AnomalyStage):
     """Trains only the RAA modules; the teacher backbone stays frozen with BN in eval mode.
 
-    Training forces the gates (the residual gate is the ground-truth synthetic mask); validation and
+    Training forces the gates (the residual gate is the ground-truth synthetic mask) unless
+    `teacher_forcing` is off (the authors' ViT variant trains on its predicted gates); validation and
     test use the predicted gate. Its output map is the gates themselves (mean of the upsampled level
     gates): a direct measure of how well RAA finds anomalies. The test pass also reports the
     amplification map (encoder against amplified features), what the authors test stage 1 with.
@@ -39,6 +40,7 @@ class AnomalyAmplification(AnomalyStage):
         fpr_limit: float = 0.3,
         validate_on_test: bool = False,
         seed: int = 0,
+        teacher_forcing: bool = True,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
@@ -46,6 +48,7 @@ class AnomalyAmplification(AnomalyStage):
             optimizer, scheduler, preprocessing, fpr_limit, validate_on_test, channels_last, compile
         )
         self.seed = seed
+        self.teacher_forcing = teacher_forcing
         require_raa(teacher.amplifies, stage1=True)
         self.teacher = teacher
         self.loss = loss
@@ -67,7 +70,7 @@ class AnomalyAmplification(AnomalyStage):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         # position subsets of L_amp drawn on the device from (seed, step): identical after resuming
         generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + self.global_step)
-        losses = self._loss(batch, forcing=True, generator=generator)
+        losses = self._loss(batch, forcing=self.teacher_forcing, generator=generator)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch))
         return losses["loss"]
 

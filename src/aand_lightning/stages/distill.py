@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -64,12 +64,14 @@ class NormalityDistillation(AnomalyStage):
         skip_image: torch.Tensor | None = None,
         fpr_limit: float = 0.3,
         validate_on_test: bool = False,
+        selection_metrics: Sequence[str] = ("image_auroc", "pixel_auroc"),
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__(
             optimizer, scheduler, preprocessing, fpr_limit, validate_on_test, channels_last, compile
         )
+        self.selection_metrics = tuple(selection_metrics)
         config = dict(model_config or {})
         if preprocessing is not None:
             config["preprocessing"] = preprocessing.to_dict()
@@ -224,9 +226,9 @@ class NormalityDistillation(AnomalyStage):
         )
 
     def selection_score(self, results: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The authors keep the stage-2 epoch with the best image + pixel AUROC on the test set, each
-        rounded to 3 digits as their loop prints them."""
-        return results["image_auroc"].round(decimals=3) + results["pixel_auroc"].round(decimals=3)
+        """The authors keep the stage-2 epoch with the best sum of `selection_metrics` on the test set,
+        each rounded to 3 digits as their loop prints them (image + pixel AUROC; their ViT: image only)."""
+        return sum(results[name].round(decimals=3) for name in self.selection_metrics)
 
     def output(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images)
