@@ -181,6 +181,19 @@ def test_failed_dynamo_export_names_the_fallback(stage2_checkpoint, monkeypatch,
         export(deployed, (64, 64), "onnx", tmp_path / "model.onnx")
 
 
+def test_an_output_without_the_formats_suffix_is_refused_before_exporting(
+    stage2_checkpoint, cli_in_process, tmp_path
+):
+    result = cli_in_process(
+        "export", f"ckpt={stage2_checkpoint}", f"output={tmp_path / 'model'}", cwd=tmp_path
+    )
+    assert (result.returncode, result.stderr.strip()) == (2, (
+        f"Error: output={tmp_path / 'model'} does not end in .onnx, the suffix of format=onnx; pass "
+        f"output={tmp_path / 'model.onnx'}."
+    ))  # fmt: skip
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
 def test_user_mistakes_are_one_sentence(tmp_path):
     with pytest.raises(ExportError, match="pass format=onnx or format=openvino"):
         export(None, (64, 64), "torchscript", tmp_path / "model.pt")

@@ -155,10 +155,16 @@ def main(cfg: DictConfig) -> None:
 
 def _export(cfg: DictConfig) -> Path:
     """Export, check against PyTorch (refused above `tolerance`), then write the sidecar."""
+    ending = suffix(cfg.format)
+    path = Path(cfg.output) if cfg.output else Path(cfg.ckpt).with_suffix(ending)
+    if path.suffix != ending:  # run_exported and the readers tell the format by the suffix
+        raise ExportError(
+            f"output={path} does not end in {ending}, the suffix of format={cfg.format}; pass "
+            f"output={path.with_name(path.name + ending) if path.suffix == '' else path.with_suffix(ending)}."
+        )
     trained = load_model(cfg.ckpt)
     deployed = deployed_model(trained, cfg.threshold, cfg.map_threshold)
     image_size = trained.preprocessing.image_size
-    path = Path(cfg.output) if cfg.output else Path(cfg.ckpt).with_suffix(suffix(cfg.format))
     export(deployed, image_size, cfg.format, path, cfg.opset, cfg.exporter)
     print(f"Exported {cfg.format} to {path}")
     differences = [compare(deployed, path, images, cfg.tolerance) for images in check_images(image_size)]
