@@ -82,3 +82,12 @@ def test_ddp_evaluation_scores_what_one_process_scores(ddp_run, workdir, train_a
     assert a.keys() == b.keys()
     for key in a:
         assert a[key] == pytest.approx(b[key], abs=1e-5), key  # stated tolerance: 1e-5 (float32 reductions)
+
+
+def test_the_vit_variant_trains_both_stages_under_ddp(workdir, cli_arguments, vit_tiny):
+    """The authors' ViT variant through the same DDP path: both stages, one amplifier handed over."""
+    run_dir = _train_ddp(cli_arguments, workdir, "ddp_vit", "stage=all", "logger=csv", *vit_tiny)
+    assert (run_dir / "amplify" / "amplifier.pt").is_file()
+    records = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["stage"] for r in records] == ["amplify", "distill"]
+    assert all(0.0 <= r["metrics"]["image_auroc"] <= 1.0 for r in records)
