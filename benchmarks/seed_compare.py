@@ -23,7 +23,8 @@ def means(sweeps: list[Path]) -> dict[tuple[str, str, str], list[float]]:
         for row in csv.DictReader((sweep / "summary.csv").open()):
             if row["category"] == "mean":
                 for metric in METRICS:
-                    values.setdefault((row["stage"], row["map"], metric), []).append(float(row[metric]))
+                    map_name = row["map"].removesuffix(" (output)")  # marked so since the stage-1 rows
+                    values.setdefault((row["stage"], map_name, metric), []).append(float(row[metric]))
     return values
 
 
@@ -62,7 +63,7 @@ def main() -> None:
     )
     print("| " + " | ".join(header) + " |")
     print("|---|---|---|---|---|---|---|")
-    for key in before:
+    for key in [k for k in before if k in after]:  # rows both sides report
         old, new = before[key], after[key]
         u, p = exact_p(new, old)
 
