@@ -31,16 +31,22 @@ _OPENAI_BLOCK_LAYERS = {
 }
 
 
-def check_vit(name: str, taps: list[int], model_args: dict | None = None) -> int:
-    """The depth of timm ViT `name` (probed on the meta device), after checking that it is a ViT with a
-    class token and that every tap is one of its blocks; one sentence naming the fix otherwise."""
+def check_vit(name: str, taps: list[int], model_args: dict | None = None) -> None:
+    """That timm's `name` (built with `model_args`, on the meta device) is a ViT with a class token and
+    that every tap is one of its blocks; one sentence naming the fix otherwise."""
     if not timm.is_model(name):
         raise ModelConfigError(
             f"backbone.name={name} is not a timm model{did_you_mean(name, timm.list_models('vit_*'))}; "
             "pass backbone=clip_vit_b16 or a ViT name from timm.list_models('vit_*')."
         )
-    with torch.device("meta"):
-        probe = timm.create_model(name, pretrained=False, **(model_args or {}))
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(name, pretrained=False, **(model_args or {}))
+    except TypeError as error:  # an argument the model does not take
+        raise ModelConfigError(
+            f"backbone.model_args={dict(model_args or {})} does not build {name} ({error}); pass timm "
+            "VisionTransformer arguments such as depth, embed_dim, num_heads, or backbone.model_args=null."
+        ) from None
     if not isinstance(probe, VisionTransformer) or probe.cls_token is None:
         raise ModelConfigError(
             f"backbone.name={name} is not a timm VisionTransformer with a class token; backbone.family=vit "
@@ -52,7 +58,6 @@ def check_vit(name: str, taps: list[int], model_args: dict | None = None) -> int
             f"backbone.taps={list(taps)} must be three increasing block numbers within the {depth} blocks of "
             f"{name} (the authors tap [4, 8, 12])."
         )
-    return depth
 
 
 def resize_position_embedding(
