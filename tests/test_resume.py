@@ -55,9 +55,9 @@ def _kill_while_training(command: list[str], cwd: Path, stage_dir: Path) -> int:
     ("overrides", "reference_only"),
     [
         pytest.param(["stage=all"], [], id="stage_all"),
-        pytest.param(
-            ["stage=all", "vit_tiny"], [], id="vit_stage_all"
-        ),  # the ViT variant (conftest.VIT_TINY)
+        pytest.param(  # the ViT variant (conftest.VIT_TINY): the same resume code as stage_all's
+            ["stage=all", "vit_tiny"], [], id="vit_stage_all", marks=pytest.mark.slow
+        ),
         pytest.param(
             [
                 "stage=distill",
