@@ -23,6 +23,7 @@ def _cfg(*overrides: str):
         ("dataset.image_size=30", "dataset.image_size=30"),
         ("dataset.image_size=[256,100]", "dataset.image_size=[256, 100]"),
         ("amplify.epochs=0", "amplify.epochs=0"),
+        ("amplify.teacher_forcing=maybe", "amplify.teacher_forcing=maybe"),
         ("distill.epochs=0", "distill.epochs=0"),
         ("datamodule.val_fraction=1.0", "datamodule.val_fraction=1.0"),
         ("distill.threshold_quantile=1.5", "distill.threshold_quantile=1.5"),

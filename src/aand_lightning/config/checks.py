@@ -43,6 +43,12 @@ def _integer(cfg: DictConfig, key: str, minimum: int, optional: bool = False) ->
         raise ConfigError(f"{key}={value} is not valid; pass an integer >= {minimum}.")
 
 
+def _boolean(cfg: DictConfig, key: str) -> None:
+    value = _value(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value} is not valid; pass true or false.")
+
+
 def _fraction(
     cfg: DictConfig, key: str, low: float, high: float, closed_low: bool, closed_high: bool
 ) -> None:
@@ -177,6 +183,7 @@ def check_config(cfg: DictConfig) -> None:
     _integer(cfg, "datamodule.eval_batch_size", 1, optional=True)
     _integer(cfg, "datamodule.num_workers", 0)
     _integer(cfg, "seed", 0)
+    _boolean(cfg, "amplify.teacher_forcing")
     _integer(cfg, "protocol.check_val_every_n_epoch", 1)
     for stage in cfg.stage.run:
         _integer(cfg, f"{stage}.epochs", 1)
