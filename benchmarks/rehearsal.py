@@ -254,15 +254,20 @@ def generate(dataset: str, root: Path, workers: int = 2) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _rss_mb(pid: int | str = "self") -> float:
+def _proc_mb(pid: int | str, file: str, field: str) -> float:
+    """The kB `field` of /proc/<pid>/<file> in MB; 0 when the process is gone."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
+        with open(f"/proc/{pid}/{file}") as lines:
+            for line in lines:
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return 0.0
+
+
+def _rss_mb(pid: int | str = "self") -> float:
+    return _proc_mb(pid, "status", "VmRSS:")
 
 
 def _mem_available_mb() -> float:
@@ -395,14 +400,7 @@ def _machine_busy_seconds() -> float:
 
 
 def _pss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return _proc_mb(pid, "smaps_rollup", "Pss:")
 
 
 @dataclass

@@ -94,19 +94,15 @@ def check_compatible(payload: Mapping[str, Any], backbone: Mapping[str, Any], ra
             f"The amplifier at {path} was trained with {theirs}, but this run uses {ours}; "
             f"pass {theirs} or an amplifier trained with {ours}."
         )
-    for key in ("taps", "model_args"):  # a ViT teacher's shape (absent for CNNs)
-        theirs, ours = payload["backbone"].get(key), backbone.get(key)
+    settings = [  # a ViT teacher's shape (absent for CNNs), then every RAA setting
+        *((f"backbone.{k}", payload["backbone"].get(k), backbone.get(k)) for k in ("taps", "model_args")),
+        *((f"raa.{k}", payload["raa"].get(k), raa.get(k)) for k in sorted(set(payload["raa"]) | set(raa))),
+    ]
+    for name, theirs, ours in settings:
         if theirs != ours:
             raise AmplifierError(
-                f"The amplifier at {path} was trained with backbone.{key}={theirs}, but this run sets "
-                f"backbone.{key}={ours}; pass backbone.{key}={theirs} or an amplifier trained with {ours}."
-            )
-    for key in sorted(set(payload["raa"]) | set(raa)):
-        theirs, ours = payload["raa"].get(key), raa.get(key)
-        if theirs != ours:
-            raise AmplifierError(
-                f"The amplifier at {path} was trained with raa.{key}={theirs}, but this run sets "
-                f"raa.{key}={ours}; pass raa.{key}={theirs} or an amplifier trained with raa.{key}={ours}."
+                f"The amplifier at {path} was trained with {name}={theirs}, but this run sets "
+                f"{name}={ours}; pass {name}={theirs} or an amplifier trained with {name}={ours}."
             )
 
 
