@@ -119,3 +119,19 @@ def test_openai_weights_without_a_network_name_what_to_pass(
         "network, not in the local cache); pass backbone.weights=none for a random teacher or "
         "backbone.weights=/path/to/weights.pth for a local file."
     )
+
+
+def test_an_amplifier_with_other_taps_is_refused_in_one_sentence(vit_run):
+    """Stage 2 with taps (or model_args) other than the amplifier's: the same block count may load
+    silently into the wrong layers, so the settings are compared first."""
+    from aand_lightning.artifacts.amplifier import AmplifierError, load_amplifier
+
+    amplifier = read_amplifier(vit_run / "amplify" / "amplifier.pt")
+    backbone = {**amplifier["backbone"], "taps": [1, 3, 3]}
+    with pytest.raises(AmplifierError) as error:
+        load_amplifier(amplifier["path"], backbone, amplifier["raa"])
+    assert str(error.value) == (
+        f"The amplifier at {amplifier['path']} was trained with backbone.taps=[1, 2, 3], but this run sets "
+        "backbone.taps=[1, 3, 3]; pass backbone.taps=[1, 2, 3] or an amplifier trained with "
+        "backbone.taps=[1, 3, 3]."
+    )
